@@ -1,0 +1,211 @@
+"""Typed configuration: the dataclass schemas that the YAML in conf/ is validated against.
+
+Only entry points (pipelines/, ``embreg.train``) see Hydra's DictConfig; they convert it with
+``to_run_config`` and everything below takes these dataclasses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from embreg.registry import check_choice
+from embreg.regularizers import SVMAX_FORMS
+
+OBJECTIVE_KINDS = ("ssl", "supervised", "none")
+SPACES = ("raw", "l2")
+LAYERS = ("last", "all")
+STEMS = ("imagenet", "cifar")
+OPTIMIZERS = ("adamw", "sgd", "lars")
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "fashion_mnist"
+    num_classes: int = 10
+    in_channels: int = 1
+    image_size: int = 28
+    # per-channel statistics of the training split, used to standardize inputs
+    mean: list[float] = field(default_factory=lambda: [0.2860])
+    std: list[float] = field(default_factory=lambda: [0.3530])
+    # label fractions for semi-supervised evaluation; prepare writes one index file each
+    subset_fractions: list[float] = field(default_factory=lambda: [0.01, 0.1])
+    subset_seed: int = 0
+    # augmentation strength: random-resized-crop scale range for pretraining views
+    crop_scale: list[float] = field(default_factory=lambda: [0.25, 1.0])
+    flip: bool = True  # garments are left/right symmetric; digits would not be
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "resnet18"
+    # imagenet: 7x7/2 conv + max-pool (cheap on 28x28); cifar: 3x3/1 conv, no max-pool
+    stem: str = "imagenet"
+    projector: list[int] = field(default_factory=lambda: [1024, 1024, 1024])
+    channels_last: bool = True  # about 1.3x faster on CPU for these small maps (measured)
+
+
+@dataclass
+class ObjectiveConfig:
+    """Which terms an arm trains with and in which space; coefficients are >= 0."""
+
+    name: str = "vicreg"
+    kind: str = "ssl"  # ssl | supervised (cross-entropy, a baseline) | none (random init)
+    space: str = "raw"  # raw: VICReg's own space; l2: rows l2-normalized first (SVMax's space)
+    invariance: float = 25.0
+    variance: float = 25.0
+    covariance: float = 1.0
+    svmax: float = 0.0
+    layers: str = "last"  # last: final embedding only; all: also every stage's pooled output
+    # variance target std. In l2 space the terms see sqrt(d) * (unit rows), so gamma = 1 there
+    # is the hinge at 1/sqrt(d) on the sphere, divided by 1/sqrt(d): it spans [0, 1] like 1-score
+    gamma: float = 1.0
+    var_eps: float = 1e-4
+    var_halve: bool = True  # official code halves the variance term; the paper's Eq. 1 does not
+    svmax_form: str = "score"
+
+    def validate(self) -> None:
+        check_choice("objective kind", self.kind, OBJECTIVE_KINDS)
+        check_choice("embedding space", self.space, SPACES)
+        check_choice("layer setting", self.layers, LAYERS)
+        check_choice("SVMax loss form", self.svmax_form, SVMAX_FORMS)
+        for term in ("invariance", "variance", "covariance", "svmax"):
+            value = getattr(self, term)
+            if not value >= 0:  # also catches NaN
+                raise ValueError(f"coefficient objective.{term} must be >= 0, got {value}")
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9  # sgd / lars
+    batch_size: int = 256
+    warmup_epochs: int = 0
+    lars_eta: float = 0.001
+
+
+@dataclass
+class PretrainConfig:
+    epochs: int = 10
+    # None: an epoch is one pass over the training set; an int: a fixed number of steps
+    # drawn from a seeded permutation of the whole set (small profiles keep all 60k images
+    # in play but checkpoint and log every `steps_per_epoch` steps)
+    steps_per_epoch: int | None = None
+
+
+@dataclass
+class EvalConfig:
+    probe_train_size: int | None = None  # None: all training images
+    probe_epochs: int = 100
+    probe_lr: float = 0.02
+    probe_batch_size: int = 256
+    knn_k: list[int] = field(default_factory=lambda: [20, 200])
+    knn_temperature: float = 0.07
+    semi_supervised: bool = True
+    finetune_epochs: list[float] = field(default_factory=lambda: [20.0, 20.0])  # per label fraction
+    finetune_lr_backbone: list[float] = field(default_factory=lambda: [0.03, 0.01])
+    finetune_lr_head: list[float] = field(default_factory=lambda: [0.08, 0.1])
+    finetune_batch_size: int = 256
+    feature_batch_size: int = 1024
+    spectrum_size: int = 64  # leading singular values kept for the spectra plot
+
+
+@dataclass
+class ProfileConfig:
+    name: str = "default"
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    # seeds of the coefficient-sensitivity points (a profile short on compute may use fewer)
+    sweep_seeds: list[int] = field(default_factory=lambda: [0, 1])
+    device: str = "cpu"
+
+
+@dataclass
+class PathsConfig:
+    data: str = "data"
+    results: str = "results/default"
+    checkpoints: str = "checkpoints/default"
+
+
+@dataclass
+class RuntimeConfig:
+    threads: int = 0  # torch intra-op threads; 0 leaves torch's default
+    progress: bool = True
+
+
+@dataclass
+class AblationConfig:
+    """One ablation: the arms it compares, their seeds, and coefficient-sensitivity sweeps."""
+
+    name: str = ""
+    title: str = ""
+    question: str = ""
+    arms: list[str] = field(default_factory=list)
+    baselines: list[str] = field(default_factory=lambda: ["random_init", "supervised"])
+    # each sweep: {arm: <arm>, key: <dotted config key>, values: [...]}
+    sweeps: list[dict[str, Any]] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    sweep_seeds: list[int] = field(default_factory=lambda: [0, 1])
+    # sensitivity curves read linear top-1 and collapse metrics: skip fine-tuning there
+    sweep_overrides: list[str] = field(default_factory=lambda: ["eval.semi_supervised=false"])
+
+
+@dataclass
+class RunConfig:
+    """Everything one training run (arm x seed) needs."""
+
+    arm: str = "vicreg"  # the objective's name; conf/config.yaml interpolates it
+    seed: int = 0
+    # swept keys that become part of the run's name, e.g. [objective.svmax] -> svmax@svmax=0.3
+    tag_keys: list[str] = field(default_factory=list)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    ablation: AblationConfig | None = None  # set only when a sweep reads an ablation
+
+    def validate(self) -> None:
+        from embreg.data.datasets import DATASETS
+        from embreg.models import BACKBONES
+
+        self.objective.validate()
+        DATASETS.get(self.dataset.name)
+        BACKBONES.get(self.backbone.name)
+        check_choice("stem", self.backbone.stem, STEMS)
+        check_choice("optimizer", self.optim.name, OPTIMIZERS)
+        if self.optim.batch_size < 2:
+            raise ValueError(f"optim.batch_size must be >= 2, got {self.optim.batch_size}")
+        n_frac = len(self.dataset.subset_fractions)
+        for key in ("finetune_epochs", "finetune_lr_backbone", "finetune_lr_head"):
+            if len(getattr(self.eval, key)) != n_frac:
+                raise ValueError(f"eval.{key} needs one entry per label fraction ({n_frac})")
+
+    def science(self) -> dict[str, Any]:
+        """The part of the config that changes results (paths and runtime do not)."""
+        d = asdict(self)
+        for key in ("paths", "runtime", "ablation", "tag_keys"):
+            d.pop(key)
+        for key in ("seeds", "sweep_seeds"):  # the run's own seed is recorded; the lists are not
+            d["profile"].pop(key)
+        return d
+
+    def fingerprint(self, code_hash: str = "") -> str:
+        blob = json.dumps({"config": self.science(), "code": code_hash}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def register_configs() -> None:
+    """Put the root schema in Hydra's ConfigStore: conf/config.yaml lists it first, so every
+    group (dataset, backbone, objective, ...) is type-checked against its dataclass on load."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="run_schema", node=RunConfig)

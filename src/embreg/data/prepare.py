@@ -1,0 +1,65 @@
+"""The ``prepare`` stage's work: fetch a dataset, write its label subsets and its card."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from embreg.config import DatasetConfig
+from embreg.data.datasets import DATASETS, fetch_atomically, md5
+from embreg.data.subsets import balanced_subset, subset_name, write_index_file
+
+
+def _counts(labels) -> dict[str, int]:
+    return {str(k): v for k, v in sorted(Counter(labels.tolist()).items())}
+
+
+def prepare(data_dir: str | Path, cfg: DatasetConfig, mirror: str | None) -> dict[str, Any]:
+    """Make ``cfg.name`` available under ``data_dir/<name>`` and return its card.
+
+    Nothing is left behind on failure: files are written to a temporary directory that is
+    renamed into place only once the raw files read back and the subsets are written.
+    """
+    spec = DATASETS.get(cfg.name)
+    card: dict[str, Any] = {}
+
+    def finish(root: Path) -> None:
+        train, test = spec.read(root, True), spec.read(root, False)
+        subsets = {}
+        for frac in cfg.subset_fractions:
+            name = subset_name(frac)
+            idx = balanced_subset(train.labels, frac, cfg.subset_seed)
+            path = root / "subsets" / f"{name}.txt"
+            write_index_file(path, idx)
+            subsets[name] = {"fraction": frac, "size": len(idx), "seed": cfg.subset_seed,
+                             "per_class": _counts(train.labels[idx]), "md5": md5(path)}
+        card.update({
+            "dataset": cfg.name,
+            "image_shape": list(train.images.shape[1:]),
+            "splits": {"train": {"size": len(train), "per_class": _counts(train.labels)},
+                       "test": {"size": len(test), "per_class": _counts(test.labels)}},
+            "subsets": subsets,
+            "raw_md5": {f: md5(root / f) for f in spec.raw_files},
+        })
+
+    fetch_atomically(data_dir, cfg.name, mirror, finish)
+    return card
+
+
+def card_markdown(card: dict[str, Any]) -> str:
+    """A human-readable dataset card."""
+    tr, te = card["splits"]["train"], card["splits"]["test"]
+    lines = [f"# Dataset card: {card['dataset']}", "",
+             f"Image shape (c, h, w): {tuple(card['image_shape'])}. "
+             f"Train {tr['size']}, test {te['size']}.", "",
+             "| class | train | test | " + " | ".join(card["subsets"]) + " |",
+             "|---|---|---|" + "---|" * len(card["subsets"])]
+    for c in tr["per_class"]:
+        subs = " | ".join(str(s["per_class"].get(c, 0)) for s in card["subsets"].values())
+        lines.append(f"| {c} | {tr['per_class'][c]} | {te['per_class'].get(c, 0)} | {subs} |")
+    lines += ["", "Label subsets (class-balanced, seeded):", ""]
+    lines += [f"- `{n}`: {s['size']} images, seed {s['seed']}, md5 `{s['md5']}`" for n, s in card["subsets"].items()]
+    lines += ["", "Raw files (decompressed idx, md5):", ""]
+    lines += [f"- `{f}`: `{h}`" for f, h in card["raw_md5"].items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,87 @@
+"""An arm's training objective: which terms, in which space, on which layers.
+
+``ssl_terms`` returns every term's value on the final embedding (for the loss-term curves, also
+the terms an arm does not train with, computed without gradient) and the weighted total.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from embreg import regularizers as R
+from embreg.config import ObjectiveConfig
+from embreg.distributed import gather_with_grad
+
+
+def to_space(z: torch.Tensor, space: str) -> torch.Tensor:
+    """raw: unchanged. l2: rows on the unit sphere, scaled by sqrt(d) so a spread-out
+    embedding has per-dimension std about 1 (the variance target gamma = 1 then applies
+    unchanged). (b, d) -> (b, d)"""
+    if space == "raw":
+        return z
+    if space == "l2":
+        return F.normalize(z, dim=1) * math.sqrt(z.shape[1])
+    raise ValueError(f"unknown embedding space {space!r}; valid: raw, l2")
+
+
+def invariance(z1: torch.Tensor, z2: torch.Tensor, space: str) -> torch.Tensor:
+    """raw: VICReg's MSE. l2: mean_i ||n1_i - n2_i||^2 = 2 - 2 cos (DESIGN.md)."""
+    if space == "raw":
+        return R.invariance(z1, z2)
+    to_space(z1, space)  # validates the name
+    n1, n2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+    return (n1 - n2).pow(2).sum(dim=1).mean()
+
+
+def regularizer_terms(
+    z1: torch.Tensor, z2: torch.Tensor, obj: ObjectiveConfig
+) -> dict[str, torch.Tensor]:
+    """variance, covariance and SVMax (as ``1 - score`` etc.) on embeddings gathered across
+    ranks; a term whose coefficient is 0 is computed without gradient, for logging only."""
+    g1, g2 = gather_with_grad(z1), gather_with_grad(z2)
+    e1, e2 = to_space(g1, obj.space), to_space(g2, obj.space)
+    out = {}
+    specs = {
+        "variance": lambda: R.variance_term(e1, e2, obj.gamma, obj.var_eps, obj.var_halve),
+        "covariance": lambda: R.covariance_term(e1, e2),
+        "svmax": lambda: (R.svmax_loss(g1, obj.svmax_form) + R.svmax_loss(g2, obj.svmax_form)) / 2,
+    }
+    for name, fn in specs.items():
+        if getattr(obj, name) > 0:
+            out[name] = fn()
+        else:
+            with torch.no_grad():
+                out[name] = fn()
+    return out
+
+
+def ssl_loss(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    taps1: dict[str, torch.Tensor],
+    taps2: dict[str, torch.Tensor],
+    obj: ObjectiveConfig,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Weighted total and the logged terms. z: (b, d) projector outputs; taps: name -> (b, c).
+
+    Invariance is always on the final embedding. With ``layers == "all"`` each regularizer is
+    averaged over the final embedding and every stage's pooled output, so its coefficient
+    means the same as in the last-layer arm (a sum would also scale the regularizer up).
+    """
+    inv = invariance(z1, z2, obj.space)
+    terms = regularizer_terms(z1, z2, obj)
+    logged = {"invariance": inv.detach(), **{k: v.detach() for k, v in terms.items()}}
+    if obj.layers == "all":
+        per_layer = [terms] + [regularizer_terms(taps1[n], taps2[n], obj) for n in sorted(taps1)]
+        terms = {k: torch.stack([t[k] for t in per_layer]).mean() for k in terms}
+        logged.update({f"{k}_all_layers": v.detach() for k, v in terms.items()})
+    total = obj.invariance * inv
+    for name, value in terms.items():
+        coeff = getattr(obj, name)
+        if coeff > 0:
+            total = total + coeff * value
+    logged["loss"] = total.detach()
+    return total, {k: float(v) for k, v in logged.items()}

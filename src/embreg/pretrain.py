@@ -1,0 +1,149 @@
+"""Pretraining: one arm's objective on two augmented views, checkpointed every epoch.
+
+``pretrain`` resumes from ``ckpt_path`` by itself: the model, optimizer, sampling position and
+random-generator state are restored, so an interrupted run ends bit-identical (on CPU) to an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from embreg.config import RunConfig
+from embreg.data import AugmentSpec, Normalizer, Split, augment, two_views
+from embreg.io import save_checkpoint
+from embreg.models import EmbeddingModel
+from embreg.objective import ssl_loss
+from embreg.optim import build_optimizer, cosine_schedule, set_lr
+
+
+class DivergedError(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class IndexStream:
+    """Seeded permutations of range(n), consumed batch by batch across epochs."""
+
+    n: int
+    perm: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
+    pos: int = 0
+
+    def next(self, batch: int, gen: torch.Generator) -> torch.Tensor:
+        if self.pos + batch > len(self.perm):
+            self.perm, self.pos = torch.randperm(self.n, generator=gen), 0
+        idx = self.perm[self.pos : self.pos + batch]
+        self.pos += batch
+        return idx
+
+
+def steps_per_epoch(cfg: RunConfig, n_train: int) -> int:
+    if cfg.pretrain.steps_per_epoch:
+        return cfg.pretrain.steps_per_epoch
+    return max(1, n_train // cfg.optim.batch_size)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def augment_spec(cfg: RunConfig) -> AugmentSpec:
+    return AugmentSpec(crop_scale=tuple(cfg.dataset.crop_scale), flip=cfg.dataset.flip)
+
+
+def train_step(
+    model: EmbeddingModel, x: torch.Tensor, y: torch.Tensor, cfg: RunConfig,
+    norm: Normalizer, gen: torch.Generator,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss of one batch (uint8 images x, labels y) under the arm's objective."""
+    obj = cfg.objective
+    spec = augment_spec(cfg)
+    if obj.kind == "supervised":
+        logits = model.head(model.backbone(model.prepare_input(augment(x, spec, norm, gen))))
+        loss = F.cross_entropy(logits, y)
+        return loss, {"loss": float(loss), "cross_entropy": float(loss)}
+    v1, v2 = two_views(x, spec, norm, gen)
+    taps = obj.layers == "all"
+    z1, f1 = model(v1, taps=taps)
+    z2, f2 = model(v2, taps=taps)
+    return ssl_loss(z1, z2, f1.taps, f2.taps, obj)
+
+
+def pretrain(
+    cfg: RunConfig, model: EmbeddingModel, train: Split, ckpt_path: Path,
+    progress: bool = True, fingerprint: str = "",
+) -> dict[str, Any]:
+    """Train ``model`` in place; returns {"history": [per-epoch means], "cost": {...}}.
+
+    A checkpoint is written atomically after every epoch and resumed from if present.
+    """
+    device = next(model.parameters()).device
+    norm = Normalizer(cfg.dataset.mean, cfg.dataset.std)
+    optimizer = build_optimizer(model, cfg.optim)
+    spe = steps_per_epoch(cfg, len(train))
+    total = cfg.pretrain.epochs * spe
+    lrs = cosine_schedule(cfg.optim.lr, total, cfg.optim.warmup_epochs * spe)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    stream = IndexStream(len(train))
+    history: list[dict[str, float]] = []
+    start_epoch, step_times = 0, []
+    if ckpt_path.is_file():
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])  # strict: a partial resume would be silent
+        optimizer.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        stream = IndexStream(len(train), state["perm"], state["pos"])
+        history, start_epoch, step_times = state["history"], state["epoch"], state["step_times"]
+    model.train()
+    bar = tqdm(total=total, initial=start_epoch * spe, desc=f"{cfg.arm}/seed{cfg.seed}",
+               disable=not progress, mininterval=5, leave=False)
+    for epoch in range(start_epoch, cfg.pretrain.epochs):
+        sums: dict[str, float] = {}
+        for i in range(spe):
+            t0 = time.perf_counter()
+            set_lr(optimizer, lrs[epoch * spe + i])
+            idx = stream.next(cfg.optim.batch_size, gen)
+            x, y = train.images[idx].to(device), train.labels[idx].to(device)
+            try:
+                loss, terms = train_step(model, x, y, cfg, norm, gen)
+            except torch.linalg.LinAlgError as exc:  # an SVD of a NaN embedding
+                raise DivergedError(f"loss is nan (SVD failed: {exc}) at epoch {epoch} step {i}") from None
+            if not math.isfinite(terms["loss"]):
+                raise DivergedError(f"loss is {terms['loss']} at epoch {epoch} step {i}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step_times.append(time.perf_counter() - t0)
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.update(1)
+            bar.set_postfix(loss=f"{terms['loss']:.3f}", refresh=False)
+        history.append({"epoch": epoch + 1, "lr": lrs[(epoch + 1) * spe - 1],
+                        **{k: v / spe for k, v in sums.items()}})
+        save_checkpoint(ckpt_path, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "generator": gen.get_state(), "perm": stream.perm, "pos": stream.pos,
+            "history": history, "epoch": epoch + 1, "step_times": step_times,
+            "fingerprint": fingerprint,
+        })
+    bar.close()
+    # the first steps include allocator warm-up; the median is the steady-state cost
+    timed = sorted(step_times[1:] or step_times)
+    cost = {
+        "steps": total,
+        "sec_per_step": timed[len(timed) // 2] if timed else float("nan"),
+        "images_per_sec": (cfg.optim.batch_size / timed[len(timed) // 2]) if timed else float("nan"),
+        "peak_memory_mb": peak_memory_mb(device),
+    }
+    return {"history": history, "cost": cost}

@@ -1,0 +1,169 @@
+"""The regularization terms: VICReg's invariance / variance / covariance and SVMax.
+
+Every function takes one view's embedding ``z`` of shape (b, d) (batch, dimension) and
+returns a scalar tensor. Definitions follow DESIGN.md and are tested against an
+independent NumPy implementation in tests/test_regularizers.py.
+
+References
+----------
+- VICReg: Bardes, Ponce, LeCun, "VICReg: Variance-Invariance-Covariance Regularization
+  for Self-Supervised Learning", ICLR 2022 (Eq. 1-5), and the official code
+  (facebookresearch/vicreg, ``main_vicreg.py``).
+- SVMax: Taha, Hanson, Shrivastava, Davis, "SVMax: A Feature Embedding Regularizer",
+  2021 (Sec. 3: mean singular value and its bounds).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+SVMaxForm = Literal["score", "neg_mean", "exp"]
+SVMAX_FORMS: tuple[str, ...] = ("score", "neg_mean", "exp")
+
+
+def _check_2d(z: torch.Tensor, name: str = "z") -> None:
+    if z.dim() != 2:
+        raise ValueError(f"{name} must be a (batch, dim) matrix, got shape {tuple(z.shape)}")
+
+
+def invariance(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between two views, averaged over all b*d entries. (b, d) x2 -> ()"""
+    _check_2d(z1, "z1")
+    if z1.shape != z2.shape:
+        raise ValueError(f"views differ in shape: {tuple(z1.shape)} vs {tuple(z2.shape)}")
+    return F.mse_loss(z1, z2)
+
+
+def std_per_dim(z: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """sqrt(unbiased Var_j + eps) for each dimension j. (b, d) -> (d,)"""
+    _check_2d(z)
+    if z.shape[0] < 2:
+        raise ValueError(
+            f"the variance term needs a batch of at least 2 samples, got {z.shape[0]}"
+        )
+    return torch.sqrt(z.var(dim=0, unbiased=True) + eps)
+
+
+def variance(z: torch.Tensor, gamma: float = 1.0, eps: float = 1e-4) -> torch.Tensor:
+    """VICReg's hinge on the per-dimension std: mean_j relu(gamma - std_j). (b, d) -> ()
+
+    This is v(Z) of the paper's Eq. 1 for one view.
+    """
+    return F.relu(gamma - std_per_dim(z, eps)).mean()
+
+
+def variance_term(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    gamma: float = 1.0,
+    eps: float = 1e-4,
+    halve: bool = True,
+) -> torch.Tensor:
+    """Variance term over both views.
+
+    ``halve=True`` (default) is the official code: ``(v(z1) + v(z2)) / 2``.
+    ``halve=False`` is the paper's Eq. 1 as printed: ``v(z1) + v(z2)``.
+    """
+    total = variance(z1, gamma, eps) + variance(z2, gamma, eps)
+    return total / 2 if halve else total
+
+
+def covariance(z: torch.Tensor) -> torch.Tensor:
+    """VICReg's decorrelation term: (1/d) * sum_{i != j} C_ij^2. (b, d) -> ()
+
+    C = (Z - mean)^T (Z - mean) / (b - 1), the unbiased covariance (paper Eq. 3-4).
+    """
+    _check_2d(z)
+    b, d = z.shape
+    if b < 2:
+        raise ValueError(f"the covariance term needs a batch of at least 2 samples, got {b}")
+    zc = z - z.mean(dim=0)
+    cov = (zc.T @ zc) / (b - 1)
+    off_diag = cov.pow(2).sum() - cov.diagonal().pow(2).sum()
+    return off_diag / d
+
+
+def covariance_term(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    """Covariance term over both views: c(z1) + c(z2)."""
+    return covariance(z1) + covariance(z2)
+
+
+def vicreg_loss(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    sim_coeff: float = 25.0,
+    std_coeff: float = 25.0,
+    cov_coeff: float = 1.0,
+) -> torch.Tensor:
+    """The official VICReg objective (paper defaults lambda=25, mu=25, nu=1). (b, d) x2 -> ()
+
+    Equals the value the official ``main_vicreg.py`` computes on one process: the
+    variance term is halved, the covariance term is summed over the views.
+    """
+    for name, value in (("sim_coeff", sim_coeff), ("std_coeff", std_coeff), ("cov_coeff", cov_coeff)):
+        if not value >= 0:  # also catches NaN
+            raise ValueError(f"{name} must be >= 0, got {value}")
+    return (
+        sim_coeff * invariance(z1, z2)
+        + std_coeff * variance_term(z1, z2)
+        + cov_coeff * covariance_term(z1, z2)
+    )
+
+
+def svmax_bounds(b: int, d: int) -> tuple[float, float]:
+    """Bounds on the mean singular value of a (b, d) matrix with unit-norm rows.
+
+    With k = min(b, d) singular values whose squares sum to ||E||_F^2 = b:
+    lower L = sqrt(b) / k (rank one: all rows equal, sigma_1 = sqrt(b), others 0),
+    upper U = sqrt(b / k) (all k singular values equal). Valid for b < d and b >= d.
+    """
+    if b < 1 or d < 1:
+        raise ValueError(f"need b >= 1 and d >= 1, got b={b}, d={d}")
+    k = min(b, d)
+    return math.sqrt(b) / k, math.sqrt(b / k)
+
+
+def mean_singular_value(e: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    """s_mu: mean of the k = min(b, d) singular values of the row-normalized matrix.
+
+    (b, d) -> (). ``normalize=False`` skips the l2 normalization (rows already unit norm).
+    The gradient of svdvals needs only U and V (no 1/(s_i^2 - s_j^2) terms), so it stays
+    finite for a collapsed, rank-one embedding.
+    """
+    _check_2d(e, "e")
+    if normalize:
+        e = F.normalize(e, dim=1)
+    return torch.linalg.svdvals(e).mean()
+
+
+def svmax_score(e: torch.Tensor) -> torch.Tensor:
+    """Normalized score (s_mu - L) / (U - L) in [0, 1]; 0 = rank one, 1 = flat spectrum."""
+    b, d = e.shape
+    lower, upper = svmax_bounds(b, d)
+    if upper == lower:  # k == 1: a single singular value, nothing to spread
+        raise ValueError(f"the SVMax score is undefined for k = min(b, d) = 1 (b={b}, d={d})")
+    return (mean_singular_value(e) - lower) / (upper - lower)
+
+
+def svmax_loss(e: torch.Tensor, form: SVMaxForm = "score") -> torch.Tensor:
+    """SVMax as a loss to minimize. (b, d) -> ()
+
+    - ``score`` (default): ``1 - score``, in [0, 1] like the variance hinge.
+    - ``neg_mean``: the paper's ``-s_mu``.
+    - ``exp``: the official toy example's ``exp((U - s_mu) / (U - L))``, in [1, e].
+    """
+    if form == "score":
+        return 1.0 - svmax_score(e)
+    if form == "neg_mean":
+        return -mean_singular_value(e)
+    if form == "exp":
+        b, d = e.shape
+        lower, upper = svmax_bounds(b, d)
+        if upper == lower:
+            raise ValueError(f"the SVMax exp form is undefined for k = min(b, d) = 1 (b={b}, d={d})")
+        return torch.exp((upper - mean_singular_value(e)) / (upper - lower))
+    raise ValueError(f"unknown SVMax loss form {form!r}; valid: {', '.join(SVMAX_FORMS)}")

@@ -1,0 +1,327 @@
+"""embreg.objective: the weighted total, the embedding space, zero coefficients and the
+"all layers" average."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from embreg import objective as O
+from embreg import regularizers as R
+from embreg.config import ObjectiveConfig
+
+B, D = 16, 8
+TAP_WIDTHS = {"layer1": 6, "layer3": 12, "layer2": 24}  # b < c and b >= c, unsorted on purpose
+REGS = ("variance", "covariance", "svmax")
+BASE = {"variance": 25.0, "covariance": 1.0, "svmax": 0.5}
+
+
+def config(**overrides) -> ObjectiveConfig:
+    obj = ObjectiveConfig(**{**BASE, **overrides})
+    obj.validate()
+    return obj
+
+
+# ----------------------------------------------------------------------------- helpers
+def rand(b: int, d: int, seed: int, scale: float = 1.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return scale * torch.randn(b, d, generator=g, dtype=torch.float64) + 0.1
+
+
+def views(seed: int = 0, grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    z1, z2 = rand(B, D, seed, 0.6), rand(B, D, seed + 1, 0.6)
+    return z1.requires_grad_(grad), z2.requires_grad_(grad)
+
+
+def taps(seed: int = 10, grad: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    t1 = {n: rand(B, c, seed + i, 0.5).requires_grad_(grad) for i, (n, c) in enumerate(TAP_WIDTHS.items())}
+    t2 = {
+        n: rand(B, c, seed + 50 + i, 0.5).requires_grad_(grad) for i, (n, c) in enumerate(TAP_WIDTHS.items())
+    }
+    return t1, t2
+
+
+def np_space(z: torch.Tensor, space: str) -> torch.Tensor:
+    """Independent float64 version of to_space."""
+    a = z.detach().numpy()
+    if space == "l2":
+        a = a / np.linalg.norm(a, axis=1, keepdims=True) * math.sqrt(a.shape[1])
+    return torch.from_numpy(a)
+
+
+def expected_terms(z1: torch.Tensor, z2: torch.Tensor, obj: ObjectiveConfig) -> dict[str, float]:
+    """Each regularizer by hand from the (separately tested) functions in embreg.regularizers."""
+    e1, e2 = np_space(z1, obj.space), np_space(z2, obj.space)
+    d1, d2 = z1.detach(), z2.detach()
+    return {
+        "variance": float(R.variance_term(e1, e2, obj.gamma, obj.var_eps, obj.var_halve)),
+        "covariance": float(R.covariance_term(e1, e2)),
+        "svmax": float((R.svmax_loss(d1, obj.svmax_form) + R.svmax_loss(d2, obj.svmax_form)) / 2),
+    }
+
+
+def expected_invariance(z1: torch.Tensor, z2: torch.Tensor, space: str) -> float:
+    a, b = z1.detach().numpy(), z2.detach().numpy()
+    if space == "raw":
+        return float(np.mean((a - b) ** 2))
+    cos = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return float(np.mean(2.0 - 2.0 * cos))
+
+
+def graph_nodes(t: torch.Tensor) -> set[str]:
+    """Names of every autograd node reachable from t."""
+    seen, stack, names = set(), [t.grad_fn], set()
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        names.add(type(fn).__name__)
+        stack.extend(nxt for nxt, _ in fn.next_functions)
+    return names
+
+
+# --------------------------------------------------------------------- layers = "last"
+@pytest.mark.parametrize("space", ["raw", "l2"])
+@pytest.mark.parametrize(
+    "coeffs",
+    [(25.0, 25.0, 1.0, 0.0), (25.0, 25.0, 1.0, 0.5), (1.0, 0.0, 0.0, 2.0), (0.0, 3.0, 0.2, 0.0)],
+)
+def test_last_layer_total_is_weighted_sum(space, coeffs):
+    inv_c, var_c, cov_c, svm_c = coeffs
+    obj = ObjectiveConfig(space=space, invariance=inv_c, variance=var_c, covariance=cov_c, svmax=svm_c)
+    obj.validate()
+    z1, z2 = views()
+    t1, t2 = taps()
+    total, logged = O.ssl_loss(z1, z2, t1, t2, obj)
+    inv = expected_invariance(z1, z2, space)
+    terms = expected_terms(z1, z2, obj)
+    expected = inv_c * inv + var_c * terms["variance"] + cov_c * terms["covariance"] + svm_c * terms["svmax"]
+    assert total.dim() == 0
+    assert float(total.detach()) == pytest.approx(expected, rel=1e-10)
+    # every term is logged (also those with coefficient 0), all as plain floats
+    assert set(logged) == {"invariance", *REGS, "loss"}
+    assert all(isinstance(v, float) for v in logged.values())
+    assert logged["invariance"] == pytest.approx(inv, rel=1e-10)
+    for name in REGS:
+        assert logged[name] == pytest.approx(terms[name], rel=1e-10)
+    assert logged["loss"] == pytest.approx(float(total.detach()), rel=1e-12)
+
+
+def test_default_raw_objective_is_vicreg():
+    obj = ObjectiveConfig()
+    z1, z2 = views(seed=3)
+    total, _ = O.ssl_loss(z1, z2, {}, {}, obj)
+    assert float(total.detach()) == pytest.approx(float(R.vicreg_loss(z1, z2)), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("gamma", "halve", "form"), [(0.5, False, "exp"), (2.0, True, "neg_mean"), (1.0, False, "score")]
+)
+def test_options_are_passed_through(gamma, halve, form):
+    obj = ObjectiveConfig(gamma=gamma, var_halve=halve, svmax_form=form, svmax=1.0, var_eps=1e-3)
+    z1, z2 = views(seed=4)
+    _, logged = O.ssl_loss(z1, z2, {}, {}, obj)
+    v = R.variance(z1, gamma, 1e-3) + R.variance(z2, gamma, 1e-3)
+    assert logged["variance"] == pytest.approx(float(v / 2 if halve else v), rel=1e-10)
+    svm = (R.svmax_loss(z1, form) + R.svmax_loss(z2, form)) / 2
+    assert logged["svmax"] == pytest.approx(float(svm), rel=1e-10)
+
+
+def test_last_layer_ignores_taps():
+    obj = ObjectiveConfig(svmax=1.0, layers="last")
+    z1, z2 = views(seed=5, grad=True)
+    t1, t2 = taps(grad=True)
+    total, logged = O.ssl_loss(z1, z2, t1, t2, obj)
+    total_no_taps, _ = O.ssl_loss(z1, z2, {}, {}, obj)
+    assert float(total.detach()) == float(total_no_taps.detach())
+    assert not any(k.endswith("_all_layers") for k in logged)
+    total.backward()
+    assert all(t.grad is None for t in [*t1.values(), *t2.values()])
+
+
+# -------------------------------------------------------------------- zero coefficients
+@pytest.mark.parametrize("space", ["raw", "l2"])
+@pytest.mark.parametrize("zero", REGS)
+def test_zero_coefficient_has_no_grad_path(space, zero):
+    obj = config(space=space, **{zero: 0.0})
+    z1, z2 = views(seed=6)
+    terms = O.regularizer_terms(z1.requires_grad_(), z2.requires_grad_(), obj)
+    assert not terms[zero].requires_grad  # computed for logging only
+    assert float(terms[zero]) == pytest.approx(expected_terms(z1, z2, obj)[zero], rel=1e-10)
+    assert float(terms[zero]) != 0.0
+    for name in REGS:
+        if name != zero:
+            assert terms[name].requires_grad
+
+
+@pytest.mark.parametrize("layers", ["last", "all"])
+@pytest.mark.parametrize("zero", REGS)
+def test_zero_coefficient_contributes_nothing(layers, zero):
+    obj = config(layers=layers, **{zero: 0.0})
+    z1, z2 = views(seed=7, grad=True)
+    t1, t2 = taps(grad=True)
+    total, logged = O.ssl_loss(z1, z2, t1, t2, obj)
+    assert logged[zero] != 0.0  # it is logged, yet not in the total
+    key = (lambda n: f"{n}_all_layers") if layers == "all" else (lambda n: n)
+    expected = 25.0 * logged["invariance"] + sum(BASE[n] * logged[key(n)] for n in REGS if n != zero)
+    assert float(total.detach()) == pytest.approx(expected, rel=1e-10)
+
+    # the gradient equals that of the same total built without the zero term at all
+    total.backward()
+    grads = [z1.grad.clone(), z2.grad.clone()]
+    y1, y2 = z1.detach().clone().requires_grad_(), z2.detach().clone().requires_grad_()
+    u1 = {n: t.detach().clone() for n, t in t1.items()}
+    u2 = {n: t.detach().clone() for n, t in t2.items()}
+    ref = 25.0 * O.invariance(y1, y2, "raw")
+    for name in REGS:
+        if name == zero:
+            continue
+        vals = [O.regularizer_terms(y1, y2, obj)[name]]
+        if layers == "all":
+            vals += [O.regularizer_terms(u1[n], u2[n], obj)[name] for n in sorted(u1)]
+        ref = ref + BASE[name] * torch.stack(vals).mean()
+    ref.backward()
+    torch.testing.assert_close(grads[0], y1.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grads[1], y2.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("zero", "marker"),
+    [("svmax", "LinalgSvdBackward0"), ("variance", "VarBackward0"), ("covariance", "MmBackward0")],
+)
+def test_zero_term_absent_from_autograd_graph(zero, marker):
+    on, off = config(), config(**{zero: 0.0})
+    z1, z2 = views(seed=8, grad=True)
+    total_on, _ = O.ssl_loss(z1, z2, {}, {}, on)
+    total_off, _ = O.ssl_loss(z1, z2, {}, {}, off)
+    assert marker in graph_nodes(total_on)
+    assert marker not in graph_nodes(total_off)
+
+
+def test_zero_invariance_coefficient_gives_zero_invariance_gradient():
+    obj = ObjectiveConfig(invariance=0.0, variance=0.0, covariance=0.0, svmax=0.0)
+    z1, z2 = views(seed=9, grad=True)
+    total, logged = O.ssl_loss(z1, z2, {}, {}, obj)
+    assert float(total.detach()) == 0.0
+    assert logged["invariance"] > 0.0
+    total.backward()
+    assert torch.count_nonzero(z1.grad) == 0 and torch.count_nonzero(z2.grad) == 0
+
+
+# ---------------------------------------------------------------------- layers = "all"
+@pytest.mark.parametrize("space", ["raw", "l2"])
+def test_all_layers_averages_each_regularizer(space):
+    coeffs = {"invariance": 25.0, "variance": 25.0, "covariance": 1.0, "svmax": 0.7}
+    obj = ObjectiveConfig(space=space, layers="all", **coeffs)
+    z1, z2 = views(seed=11)
+    t1, t2 = taps()
+    total, logged = O.ssl_loss(z1, z2, t1, t2, obj)
+
+    per_layer = [expected_terms(z1, z2, obj)] + [expected_terms(t1[n], t2[n], obj) for n in TAP_WIDTHS]
+    avg = {name: float(np.mean([t[name] for t in per_layer])) for name in REGS}
+    inv = expected_invariance(z1, z2, space)  # invariance: final embedding only
+    for name in REGS:
+        assert logged[f"{name}_all_layers"] == pytest.approx(avg[name], rel=1e-10)
+        assert logged[name] == pytest.approx(per_layer[0][name], rel=1e-10)  # final layer alone
+    assert logged["invariance"] == pytest.approx(inv, rel=1e-10)
+    expected = coeffs["invariance"] * inv + sum(coeffs[n] * avg[n] for n in REGS)
+    assert float(total.detach()) == pytest.approx(expected, rel=1e-10)
+    assert logged["loss"] == pytest.approx(expected, rel=1e-10)
+
+
+def test_all_layers_average_not_sum():
+    """With identical taps and final embedding the average equals the last-layer value."""
+    obj_all = ObjectiveConfig(layers="all", svmax=1.0)
+    obj_last = ObjectiveConfig(layers="last", svmax=1.0)
+    z1, z2 = views(seed=12)
+    t1 = {"a": z1.clone(), "b": z1.clone()}
+    t2 = {"a": z2.clone(), "b": z2.clone()}
+    total_all, logged = O.ssl_loss(z1, z2, t1, t2, obj_all)
+    total_last, _ = O.ssl_loss(z1, z2, t1, t2, obj_last)
+    assert float(total_all.detach()) == pytest.approx(float(total_last.detach()), rel=1e-12)
+    for name in REGS:
+        assert logged[f"{name}_all_layers"] == pytest.approx(logged[name], rel=1e-12)
+
+
+def test_all_layers_without_taps_equals_last():
+    z1, z2 = views(seed=13)
+    total_all, _ = O.ssl_loss(z1, z2, {}, {}, ObjectiveConfig(layers="all", svmax=0.3))
+    total_last, _ = O.ssl_loss(z1, z2, {}, {}, ObjectiveConfig(layers="last", svmax=0.3))
+    assert float(total_all.detach()) == pytest.approx(float(total_last.detach()), rel=1e-12)
+
+
+def test_all_layers_gradient_reaches_taps():
+    obj = ObjectiveConfig(layers="all", svmax=1.0)
+    z1, z2 = views(seed=14, grad=True)
+    t1, t2 = taps(grad=True)
+    total, _ = O.ssl_loss(z1, z2, t1, t2, obj)
+    total.backward()
+    for t in [z1, z2, *t1.values(), *t2.values()]:
+        assert t.grad is not None
+        assert torch.isfinite(t.grad).all()
+        assert torch.count_nonzero(t.grad) > 0
+
+
+@pytest.mark.parametrize("space", ["raw", "l2"])
+@pytest.mark.parametrize("layers", ["last", "all"])
+def test_gradcheck_ssl_loss(space, layers):
+    obj = ObjectiveConfig(space=space, layers=layers, variance=2.0, covariance=1.0, svmax=0.5)
+    widths = [4, 4, 3, 8, 3, 8]  # z1, z2, then taps a (b >= c) and b (b < c) of each view
+    inputs = tuple(rand(6, w, 20 + i, 0.5).requires_grad_() for i, w in enumerate(widths))
+
+    def fn(z1, z2, a1, b1, a2, b2):
+        return O.ssl_loss(z1, z2, {"a": a1, "b": b1}, {"a": a2, "b": b2}, obj)[0]
+
+    assert torch.autograd.gradcheck(fn, inputs)
+
+
+# ------------------------------------------------------------------------------ spaces
+@pytest.mark.parametrize(("b", "d"), [(8, 4), (4, 8), (32, 16)])
+def test_l2_invariance_is_two_minus_two_cos(b, d):
+    z1, z2 = rand(b, d, 30), rand(b, d, 31)
+    got = float(O.invariance(z1, z2, "l2"))
+    n1 = z1 / z1.norm(dim=1, keepdim=True)
+    n2 = z2 / z2.norm(dim=1, keepdim=True)
+    sq = float((n1 - n2).pow(2).sum(dim=1).mean())
+    cos = torch.nn.functional.cosine_similarity(z1, z2, dim=1)
+    assert got == pytest.approx(sq, rel=1e-12)
+    assert got == pytest.approx(float((2 - 2 * cos).mean()), rel=1e-10)
+    assert got == pytest.approx(expected_invariance(z1, z2, "l2"), rel=1e-10)
+
+
+def test_l2_invariance_known_values():
+    z = rand(8, 4, 32)
+    assert float(O.invariance(z, 5.0 * z, "l2")) == pytest.approx(0.0, abs=1e-14)  # row scale ignored
+    assert float(O.invariance(z, -z, "l2")) == pytest.approx(4.0, rel=1e-12)  # opposite rows
+    e = torch.eye(4, dtype=torch.float64)
+    assert float(O.invariance(e, e.roll(1, dims=1), "l2")) == pytest.approx(2.0, rel=1e-12)  # orthogonal
+
+
+def test_raw_invariance_is_mse():
+    z1, z2 = rand(8, 4, 33), rand(8, 4, 34)
+    assert float(O.invariance(z1, z2, "raw")) == pytest.approx(expected_invariance(z1, z2, "raw"), rel=1e-12)
+
+
+def test_to_space():
+    z = rand(4000, 16, 35)
+    assert O.to_space(z, "raw") is z
+    e = O.to_space(z, "l2")
+    torch.testing.assert_close(e.norm(dim=1), torch.full((4000,), 4.0, dtype=torch.float64))
+    torch.testing.assert_close(e, np_space(z, "l2"))
+    # sqrt(d) scaling: a spread-out embedding has per-dimension std about 1
+    std = e.std(dim=0)
+    assert float(std.min()) > 0.9 and float(std.max()) < 1.1
+
+
+def test_l2_space_variance_sees_scaled_sphere():
+    """In l2 space the raw scale of z does not matter to any term."""
+    obj = ObjectiveConfig(space="l2", svmax=1.0)
+    z1, z2 = views(seed=36)
+    _, small = O.ssl_loss(z1, z2, {}, {}, obj)
+    _, big = O.ssl_loss(100.0 * z1, 100.0 * z2, {}, {}, obj)
+    for key in ("invariance", *REGS, "loss"):
+        assert big[key] == pytest.approx(small[key], rel=1e-9)

@@ -1,0 +1,124 @@
+"""The whole pipeline: `dvc repro` of the smoke profile in a temporary git + DVC copy of the
+repository, on small Fashion-MNIST files written in the real idx format."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def _sh(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("EMBREG_RETRAIN", None)
+    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+    return res
+
+
+def _copy_repo(dst: Path) -> None:
+    """The files a clone would have (tracked and untracked-not-ignored), without results."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                            cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for rel in listed:
+        if rel.startswith(("data/", "results/")) or rel == "dvc.lock" or not (REPO / rel).is_file():
+            continue
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, dst / rel)
+
+
+@pytest.fixture(scope="module")
+def smoke_repo(tmp_path_factory, fmnist_mirror) -> Path:
+    repo = tmp_path_factory.mktemp("repo")
+    _copy_repo(repo)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params.update(profile="smoke", data={"dir": "data", "mirror": str(fmnist_mirror)})
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    _sh(["git", "init", "-q"], repo)
+    _sh(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], repo)
+    _sh(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"], repo)
+    _sh(["dvc", "repro"], repo)
+    return repo
+
+
+def _rows(path: Path) -> dict[str, dict[str, str]]:
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    key = next(iter(rows[0]))
+    return {r[key]: r for r in rows}
+
+
+def test_tables_hold_every_arm_with_real_numbers(smoke_repo):
+    res = smoke_repo / "results" / "smoke"
+    main = _rows(res / "tables" / "main.csv")
+    methods = {m.split("¹")[0].strip("*` ") for m in main}
+    for arm in ("inv_only", "vicreg", "vicreg_nocov", "var_l2", "svmax", "vicreg_all", "svmax_all",
+                "supervised", "random_init"):
+        assert any(arm == m.split(" ")[0] for m in methods), (arm, methods)
+    summary = json.loads((res / "summary.json").read_text())
+    for arm, values in summary.items():
+        assert values["n"] == 1, arm
+        assert 0 <= values["linear_top1"] <= 100
+    assert summary["random_init"]["semi_1pct_top1"] is None
+    assert 0 <= summary["supervised"]["semi_10pct_top1"] <= 100
+    for name in ("anticollapse", "covariance", "layers", "collapse", "cost", "sensitivity"):
+        for ext in ("md", "csv", "tex"):
+            assert (res / "tables" / f"{name}.{ext}").stat().st_size > 0, (name, ext)
+    sens = (res / "tables" / "sensitivity.csv").read_text()
+    assert "svmax" in sens and "0.1" in sens and "10.0" in sens
+
+
+def test_every_run_directory_is_complete(smoke_repo):
+    runs = smoke_repo / "results" / "smoke" / "runs"
+    manifest = json.loads((runs / "manifest.json").read_text())
+    assert set(manifest["ablations"]) == {"anticollapse", "covariance", "layers"}
+    assert "svmax@svmax=10.0" in manifest["runs"]
+    for rid, seeds in manifest["runs"].items():
+        for seed, state in seeds.items():
+            assert state == "done", (rid, seed)
+            rd = runs / rid / f"seed{seed}"
+            for f in ("config.yaml", "status.json", "metrics.json", "spectra.json"):
+                assert (rd / f).is_file(), (rid, f)
+    # the run shared by ablations A and B was trained once, into one directory
+    assert len(list(runs.glob("vicreg_nocov/seed*"))) == 1
+
+
+def test_report_and_plots(smoke_repo):
+    res = smoke_repo / "results" / "smoke"
+    report = (res / "REPORT.md").read_text()
+    for title in ("A. Anti-collapse", "B. VICReg with and without", "C. Last layer vs every layer"):
+        assert title in report
+    for png in ("anticollapse_bars", "covariance_bars", "layers_bars", "sensitivity", "loss_terms",
+                "layer_collapse_heatmap", "spectra"):
+        assert (res / "plots" / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_repro_again_is_a_no_op_and_status_is_clean(smoke_repo):
+    before = (smoke_repo / "results" / "smoke" / "runs" / "svmax" / "seed0" / "metrics.json").stat().st_mtime_ns
+    out = _sh(["dvc", "repro"], smoke_repo).stdout
+    assert "didn't change" in out or "up to date" in out
+    assert "up to date" in _sh(["dvc", "status"], smoke_repo).stdout
+    after = (smoke_repo / "results" / "smoke" / "runs" / "svmax" / "seed0" / "metrics.json").stat().st_mtime_ns
+    assert before == after
+
+
+def test_unknown_profile_fails_in_one_line_and_writes_nothing(smoke_repo, tmp_path):
+    repo = tmp_path / "bad"
+    shutil.copytree(smoke_repo, repo, ignore=shutil.ignore_patterns("results", "data", ".dvc/cache"))
+    (repo / "params.yaml").write_text((repo / "params.yaml").read_text().replace("profile: smoke", "profile: huge"))
+    res = _sh([sys.executable, "pipelines/prepare.py"], repo, check=False)
+    assert res.returncode == 1
+    assert res.stderr.strip() == "error: unknown profile 'huge'; valid: default, smoke"
+    assert not (repo / "results").exists()

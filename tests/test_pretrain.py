@@ -1,0 +1,64 @@
+"""Pretraining resumes bit-identically from its checkpoint and stops on divergence."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import embreg.pretrain as P
+from embreg.data import load_split
+from embreg.models import build_model
+from embreg.pretrain import DivergedError, pretrain
+
+
+def _model(cfg):
+    torch.manual_seed(cfg.seed)
+    return build_model(cfg.backbone, cfg.dataset.in_channels, cfg.dataset.num_classes)
+
+
+@pytest.mark.parametrize("objective", ["vicreg", "svmax_all", "supervised"])
+def test_resume_equals_uninterrupted(smoke_cfg, tmp_path, monkeypatch, objective):
+    cfg = smoke_cfg(f"objective={objective}", "pretrain.epochs=3")
+    train = load_split(cfg.paths.data, "fashion_mnist", train=True)
+    straight = _model(cfg)
+    res = pretrain(cfg, straight, train, tmp_path / "a.pt", progress=False)
+
+    # the process dies right after the first epoch's checkpoint ...
+    real_save = P.save_checkpoint
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(P, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(cfg, _model(cfg), train, tmp_path / "b.pt", progress=False)
+    monkeypatch.setattr(P, "save_checkpoint", real_save)
+    # ... and a fresh start with other initial weights resumes from it
+    torch.manual_seed(123)
+    resumed = build_model(cfg.backbone, 1, 10)
+    res2 = pretrain(cfg, resumed, train, tmp_path / "b.pt", progress=False)
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    assert [h["loss"] for h in res["history"]] == [h["loss"] for h in res2["history"]]
+    assert len(res2["history"]) == 3
+
+
+def test_history_has_every_term_per_epoch(smoke_cfg, tmp_path):
+    cfg = smoke_cfg("objective=vicreg_all")
+    train = load_split(cfg.paths.data, "fashion_mnist", train=True)
+    res = pretrain(cfg, _model(cfg), train, tmp_path / "c.pt", progress=False)
+    assert [h["epoch"] for h in res["history"]] == [1, 2]
+    for key in ("loss", "invariance", "variance", "covariance", "svmax", "variance_all_layers", "lr"):
+        assert all(key in h for h in res["history"]), key
+    h = res["history"][0]
+    expected = 25 * h["invariance"] + 25 * h["variance_all_layers"] + 1 * h["covariance_all_layers"]
+    assert h["loss"] == pytest.approx(expected, rel=1e-5)
+    assert res["cost"]["sec_per_step"] > 0 and res["cost"]["peak_memory_mb"] > 0
+
+
+def test_divergence_raises(smoke_cfg, tmp_path):
+    cfg = smoke_cfg("objective=vicreg", "optim.name=sgd", "optim.lr=1e30")
+    train = load_split(cfg.paths.data, "fashion_mnist", train=True)
+    with pytest.raises(DivergedError, match="loss is"):
+        pretrain(cfg, _model(cfg), train, tmp_path / "d.pt", progress=False)
