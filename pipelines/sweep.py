@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -19,7 +20,12 @@ from embreg.registry import check_choice
 LAUNCHERS = ("local",)
 
 
+def _stop(signum, frame):  # TERM (e.g. from DVC) stops the jobs too, like Ctrl-C
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _stop)
     params = load_params()
     check_choice("launcher", params.launcher, LAUNCHERS)
     plan = make_plan(params)

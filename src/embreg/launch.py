@@ -9,10 +9,10 @@ launched again.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,15 +130,16 @@ def states(plan: Plan) -> dict[Job, str]:
     return out
 
 
-def watch(plan: Plan, stop: threading.Event, interval: float = 5.0) -> None:
-    """A progress bar over the plan's runs, from their status files, until ``stop``."""
-    total = len(plan.jobs)
-    with tqdm(total=total, desc=f"sweep {plan.profile}", unit="run") as bar:
+def watch(plan: Plan, stop: threading.Event, interval: float | None = None) -> None:
+    """A progress bar over the plan's runs, from their status files, until ``stop``.
+    On a terminal it refreshes every 5 s; in a log, once a minute."""
+    interval = interval or (5.0 if sys.stderr.isatty() else 60.0)
+    with tqdm(total=len(plan.jobs), desc=f"sweep {plan.profile}", unit="run", mininterval=0) as bar:
         while True:
             counts = Counter(states(plan).values())
-            finished = counts["done"] + counts["failed"] + counts["diverged"]
-            bar.n = finished
-            bar.set_postfix({k: counts[k] for k in ("running", "done", "failed", "diverged") if counts[k]})
+            bar.n = counts["done"] + counts["failed"] + counts["diverged"]
+            bar.set_postfix({k: counts[k] for k in ("running", "done", "failed", "diverged") if counts[k]},
+                            refresh=False)
             bar.refresh()
             if stop.wait(interval):
                 break
@@ -162,6 +163,18 @@ def write_manifest(plan: Plan, results_dir: Path) -> dict[str, Any]:
     return manifest
 
 
+def _run_group(cmd: list[str], logf) -> int:
+    """Run one multirun in its own process group, so that stopping the sweep (Ctrl-C, or a
+    TERM from DVC) also stops the jobs it started instead of leaving them running."""
+    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        return proc.wait()
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait()
+        raise
+
+
 def launch_local(plan: Plan, params: PipelineParams, log: Path) -> int:
     """Run the pending jobs as Hydra multiruns on this machine; returns the worst exit code."""
     todo = pending(plan)
@@ -179,9 +192,8 @@ def launch_local(plan: Plan, params: PipelineParams, log: Path) -> int:
             for cmd in multirun_commands(plan, todo, params):
                 logf.write(f"\n$ {' '.join(cmd)}\n")
                 logf.flush()
-                worst = max(worst, subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT).returncode)
+                worst = max(worst, _run_group(cmd, logf))
     finally:
         stop.set()
         watcher.join()
-    time.sleep(0)  # let the last bar line flush before the summary
     return worst

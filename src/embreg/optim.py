@@ -52,16 +52,19 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
+def _plain_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """param_groups without the LARS-only flag, for torch's own optimizers."""
+    return [{k: v for k, v in g.items() if k != "lars_exclude"} for g in param_groups(model, weight_decay)]
+
+
 @OPTIMIZERS.register("adamw")
 def _adamw(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    groups = [{k: v for k, v in g.items() if k != "lars_exclude"} for g in param_groups(model, cfg.weight_decay)]
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+    return torch.optim.AdamW(_plain_groups(model, cfg.weight_decay), lr=cfg.lr)
 
 
 @OPTIMIZERS.register("sgd")
 def _sgd(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    groups = [{k: v for k, v in g.items() if k != "lars_exclude"} for g in param_groups(model, cfg.weight_decay)]
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.SGD(_plain_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
 
 
 @OPTIMIZERS.register("lars")

@@ -80,6 +80,45 @@ def train_step(
     return ssl_loss(z1, z2, f1.taps, f2.taps, obj)
 
 
+@dataclass
+class TrainState:
+    """Everything a resumed run needs besides the model and optimizer."""
+
+    stream: IndexStream
+    history: list[dict[str, float]] = field(default_factory=list)
+    epoch: int = 0
+    step_times: list[float] = field(default_factory=list)
+
+
+def load_state(ckpt_path: Path, model, optimizer, gen: torch.Generator, n_train: int) -> TrainState:
+    """Restore from ``ckpt_path`` if it exists (strictly: a partial resume would be silent)."""
+    if not ckpt_path.is_file():
+        return TrainState(IndexStream(n_train))
+    state = torch.load(ckpt_path, map_location=next(model.parameters()).device, weights_only=False)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    gen.set_state(state["generator"])
+    return TrainState(IndexStream(n_train, state["perm"], state["pos"]), state["history"],
+                      state["epoch"], state["step_times"])
+
+
+def save_state(ckpt_path: Path, model, optimizer, gen: torch.Generator, st: TrainState, fingerprint: str) -> None:
+    save_checkpoint(ckpt_path, {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "generator": gen.get_state(),
+        "perm": st.stream.perm, "pos": st.stream.pos, "history": st.history, "epoch": st.epoch,
+        "step_times": st.step_times, "fingerprint": fingerprint,
+    })
+
+
+def cost_summary(step_times: list[float], batch_size: int, device: torch.device) -> dict[str, float]:
+    """Median step time (the first step includes allocator warm-up) and peak memory."""
+    timed = sorted(step_times[1:] or step_times)
+    med = timed[len(timed) // 2] if timed else float("nan")
+    return {"steps": len(step_times), "sec_per_step": med,
+            # training samples per second; each sample is two views in the SSL arms
+            "images_per_sec": batch_size / med, "peak_memory_mb": peak_memory_mb(device)}
+
+
 def pretrain(
     cfg: RunConfig, model: EmbeddingModel, train: Split, ckpt_path: Path,
     progress: bool = True, fingerprint: str = "",
@@ -95,25 +134,16 @@ def pretrain(
     total = cfg.pretrain.epochs * spe
     lrs = cosine_schedule(cfg.optim.lr, total, cfg.optim.warmup_epochs * spe)
     gen = torch.Generator().manual_seed(cfg.seed)
-    stream = IndexStream(len(train))
-    history: list[dict[str, float]] = []
-    start_epoch, step_times = 0, []
-    if ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])  # strict: a partial resume would be silent
-        optimizer.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
-        stream = IndexStream(len(train), state["perm"], state["pos"])
-        history, start_epoch, step_times = state["history"], state["epoch"], state["step_times"]
+    st = load_state(ckpt_path, model, optimizer, gen, len(train))
     model.train()
-    bar = tqdm(total=total, initial=start_epoch * spe, desc=f"{cfg.arm}/seed{cfg.seed}",
+    bar = tqdm(total=total, initial=st.epoch * spe, desc=f"{cfg.arm}/seed{cfg.seed}",
                disable=not progress, mininterval=5, leave=False)
-    for epoch in range(start_epoch, cfg.pretrain.epochs):
+    for epoch in range(st.epoch, cfg.pretrain.epochs):
         sums: dict[str, float] = {}
         for i in range(spe):
             t0 = time.perf_counter()
             set_lr(optimizer, lrs[epoch * spe + i])
-            idx = stream.next(cfg.optim.batch_size, gen)
+            idx = st.stream.next(cfg.optim.batch_size, gen)
             x, y = train.images[idx].to(device), train.labels[idx].to(device)
             try:
                 loss, terms = train_step(model, x, y, cfg, norm, gen)
@@ -124,26 +154,14 @@ def pretrain(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            step_times.append(time.perf_counter() - t0)
+            st.step_times.append(time.perf_counter() - t0)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.update(1)
             bar.set_postfix(loss=f"{terms['loss']:.3f}", refresh=False)
-        history.append({"epoch": epoch + 1, "lr": lrs[(epoch + 1) * spe - 1],
-                        **{k: v / spe for k, v in sums.items()}})
-        save_checkpoint(ckpt_path, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "generator": gen.get_state(), "perm": stream.perm, "pos": stream.pos,
-            "history": history, "epoch": epoch + 1, "step_times": step_times,
-            "fingerprint": fingerprint,
-        })
+        st.history.append({"epoch": epoch + 1, "lr": lrs[(epoch + 1) * spe - 1],
+                           **{k: v / spe for k, v in sums.items()}})
+        st.epoch = epoch + 1
+        save_state(ckpt_path, model, optimizer, gen, st, fingerprint)
     bar.close()
-    # the first steps include allocator warm-up; the median is the steady-state cost
-    timed = sorted(step_times[1:] or step_times)
-    cost = {
-        "steps": total,
-        "sec_per_step": timed[len(timed) // 2] if timed else float("nan"),
-        "images_per_sec": (cfg.optim.batch_size / timed[len(timed) // 2]) if timed else float("nan"),
-        "peak_memory_mb": peak_memory_mb(device),
-    }
-    return {"history": history, "cost": cost}
+    return {"history": st.history, "cost": cost_summary(st.step_times, cfg.optim.batch_size, device)}

@@ -1,0 +1,61 @@
+"""The sweep plan: every ablation's runs, deduplicated, and the Hydra multiruns that train them."""
+
+from __future__ import annotations
+
+from embreg.launch import Job, make_plan, multirun_commands, pending
+from embreg.params import PipelineParams
+
+
+def _params(**kw) -> PipelineParams:
+    return PipelineParams(profile="default", data_dir="data", local={"max_parallel": 2, "threads_per_job": 1}, **kw)
+
+
+def test_plan_covers_every_ablation_once():
+    plan = make_plan(_params())
+    ids = plan.run_ids()
+    arms = {ids[j] for j in plan.jobs}
+    assert {"inv_only", "vicreg_nocov", "var_l2", "svmax", "vicreg", "vicreg_all", "svmax_all",
+            "random_init", "supervised"} <= arms
+    assert {"svmax@svmax=0.1", "svmax@svmax=10.0", "var_l2@variance=0.1", "vicreg@covariance=10.0"} <= arms
+    # shared by A and B (and inv_only by A and B): listed once per seed
+    assert sum(1 for j in plan.jobs if j.objective == "vicreg_nocov") == 2
+    # main arms: two seeds; sensitivity points: the profile's sweep seeds, without fine-tuning
+    assert {j.seed for j in plan.jobs if j.sweep_key is None} == {0, 1}
+    sweep_jobs = [j for j in plan.jobs if j.sweep_key]
+    assert {j.seed for j in sweep_jobs} == {0} and len(sweep_jobs) == 6
+    assert all(plan.configs[j].eval.semi_supervised is False for j in sweep_jobs)
+    assert all(plan.configs[j].eval.semi_supervised for j in plan.jobs if j.sweep_key is None)
+
+
+def test_extra_overrides_reach_every_run():
+    plan = make_plan(_params(overrides=["pretrain.epochs=3"]))
+    assert {c.pretrain.epochs for c in plan.configs.values()} == {3}
+
+
+def test_multiruns_group_by_swept_key():
+    params = _params()
+    plan = make_plan(params)
+    cmds = multirun_commands(plan, plan.jobs, params)
+    assert len(cmds) == 4  # main arms, and one per sweep (var_l2, svmax, vicreg's covariance)
+    main = next(c for c in cmds if not any(a.startswith("tag_keys") for a in c))
+    assert "--multirun" in main and "hydra/launcher=local" in main
+    assert "hydra.sweeper.max_batch_size=2" in main and "runtime.threads=1" in main
+    assert "seed=0,1" in main
+    objectives = next(a for a in main if a.startswith("objective=")).split("=")[1].split(",")
+    assert len(objectives) == len(set(objectives)) == 9
+    svmax = next(c for c in cmds if "tag_keys=[objective.svmax]" in c)
+    assert "objective.svmax=0.1,10.0" in svmax and "seed=0" in svmax
+    assert "eval.semi_supervised=false" in svmax
+
+
+def test_nothing_pending_once_every_run_finished(smoke_cfg):
+    from embreg.run import run_one
+
+    cfg = smoke_cfg("objective=random_init")
+    job = Job("random_init", 0)
+    plan = make_plan(PipelineParams(profile="smoke", data_dir=cfg.paths.data, overrides=[
+        f"paths.results={cfg.paths.results}", f"paths.checkpoints={cfg.paths.checkpoints}",
+        "runtime.progress=false"]), ablations=["layers"])
+    assert job in pending(plan)
+    run_one(plan.configs[job])
+    assert job not in pending(plan) and len(pending(plan)) == len(plan.jobs) - 1
