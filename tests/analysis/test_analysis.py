@@ -297,3 +297,16 @@ def test_empty_results_dir(tmp_path: Path) -> None:
     assert analyze(tmp_path) == {}
     assert (tmp_path / "plots" / "spectra.png").read_bytes()[:8] == PNG_MAGIC
     assert "Seed runs by state: none." in (tmp_path / "REPORT.md").read_text()
+
+
+def test_sweep_points_expect_only_the_sweep_seeds(tmp_path: Path) -> None:
+    """A profile that runs sensitivity points on fewer seeds: no 'missing seed' marks for them."""
+    from embreg.analysis.aggregate import expected_seeds
+
+    manifest = {"ablations": {"a": {"arms": ["svmax"], "baselines": [], "seeds": [0, 1], "sweep_seeds": [0],
+                                    "sweeps": [{"arm": "svmax", "key": "objective.svmax", "values": [0.1],
+                                                "runs": ["svmax@svmax=0.1"]}]}},
+                "runs": {"svmax": {"0": "done", "1": "done"}, "svmax@svmax=0.1": {"0": "done"}}}
+    assert expected_seeds(manifest) == {"svmax": [0, 1], "svmax@svmax=0.1": [0]}
+    del manifest["ablations"]["a"]["sweep_seeds"]  # older manifests: the ablation's seeds
+    assert expected_seeds(manifest)["svmax@svmax=0.1"] == [0, 1]

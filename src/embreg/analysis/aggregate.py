@@ -156,13 +156,16 @@ def all_methods(manifest: dict[str, Any]) -> list[str]:
 
 
 def expected_seeds(manifest: dict[str, Any]) -> dict[str, list[int]]:
-    """run_id -> seeds the sweep should have produced (ablation seeds united with the manifest)."""
+    """run_id -> seeds the sweep should have produced (ablation seeds united with the manifest).
+    Sensitivity points expect the ablation's ``sweep_seeds`` (a profile may give them fewer)."""
     out: dict[str, set[int]] = {}
     for abl in manifest.get("ablations", {}).values():
         seeds = {int(s) for s in abl.get("seeds", [])}
-        runs = ablation_methods(abl) + [r for sw in abl.get("sweeps", []) for r in sw.get("runs", [])]
-        for rid in runs:
+        sweep_seeds = {int(s) for s in abl.get("sweep_seeds", abl.get("seeds", []))}
+        for rid in ablation_methods(abl):
             out.setdefault(rid, set()).update(seeds)
+        for rid in (r for sw in abl.get("sweeps", []) for r in sw.get("runs", [])):
+            out.setdefault(rid, set()).update(sweep_seeds)
     for rid, states in manifest.get("runs", {}).items():
         out.setdefault(rid, set()).update(int(s) for s in states)
     return {rid: sorted(seeds) for rid, seeds in out.items()}
