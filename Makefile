@@ -8,7 +8,7 @@ MIRROR := /usr/share/datasets/fashion-mnist
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install data-source repro test lint bench clean-runs
+.PHONY: install data-source repro test lint slurm-up slurm-down
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -30,8 +30,19 @@ data-source:
 repro: install data-source
 	$(if $(FORCE),EMBREG_RETRAIN=1 dvc repro --force,dvc repro)
 
+# The `slurm` tests run against the project's single-node SLURM cluster, started here when
+# this user can (root: it installs Debian's packages and starts the daemons).
 test: install data-source
-	$(PY) -m pytest
+	@if [ "$$(id -u)" = 0 ]; then bash tests/slurm/cluster.sh up && $(PY) -m pytest; \
+	else echo "not root: cannot start SLURM here; running the tests without the slurm ones"; \
+	  $(PY) -m pytest -m "not slurm"; fi
+
+# A single-node SLURM cluster on this machine (slurm-wlm, slurmdbd, munge, MariaDB; no systemd)
+slurm-up:
+	bash tests/slurm/cluster.sh up
+
+slurm-down:
+	bash tests/slurm/cluster.sh down
 
 lint: install
 	$(VENV)/bin/ruff check src tests pipelines

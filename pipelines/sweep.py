@@ -13,11 +13,9 @@ import sys
 from pathlib import Path
 
 from _common import fail
-from embreg.launch import launch_local, make_plan, states, write_manifest
+from embreg.launch import LAUNCHERS, launch, make_plan, states, with_site_defaults, write_manifest
 from embreg.params import load_params
 from embreg.registry import check_choice
-
-LAUNCHERS = ("local",)
 
 
 def _stop(signum, frame):  # TERM (e.g. from DVC) stops the jobs too, like Ctrl-C
@@ -26,7 +24,7 @@ def _stop(signum, frame):  # TERM (e.g. from DVC) stops the jobs too, like Ctrl-
 
 def main() -> int:
     signal.signal(signal.SIGTERM, _stop)
-    params = load_params()
+    params = with_site_defaults(load_params())
     check_choice("launcher", params.launcher, LAUNCHERS)
     plan = make_plan(params)
     results = Path(next(iter(plan.configs.values())).paths.results)
@@ -34,7 +32,7 @@ def main() -> int:
         for cfg in plan.configs.values():
             shutil.rmtree(Path(cfg.paths.checkpoints), ignore_errors=True)
         shutil.rmtree(results / "runs", ignore_errors=True)
-    code = launch_local(plan, params, Path("outputs") / "logs" / f"sweep-{plan.profile}.log")
+    code = launch(plan, params, Path("outputs") / "logs" / f"sweep-{plan.profile}.log")
     write_manifest(plan, results)
     bad = {j: s for j, s in states(plan).items() if s != "done"}
     if bad:

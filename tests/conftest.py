@@ -4,11 +4,16 @@ Debian's dataset-fashion-mnist ships them), and composed run configs for them.""
 from __future__ import annotations
 
 import gzip
+import os
+import shutil
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from embreg.data.datasets import FMNIST_FILES
 
@@ -74,3 +79,45 @@ def smoke_cfg(prepared_data, tmp_path):
                                      f"paths.checkpoints={tmp_path}/ckpt", "runtime.progress=false", *overrides])
 
     return make
+
+
+def run_cmd(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command with this venv's tools first on PATH; on failure show its output."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("EMBREG_RETRAIN", None)
+    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+    return res
+
+
+def copy_repo(dst: Path) -> None:
+    """The files a clone would have (tracked and untracked-not-ignored), without results."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                            cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for rel in listed:
+        if rel.startswith(("data/", "results/")) or rel == "dvc.lock" or not (REPO / rel).is_file():
+            continue
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, dst / rel)
+
+
+def repro_copy(dst: Path, mirror: Path, **params) -> Path:
+    """A temporary git + DVC copy of the repository running the smoke profile on ``mirror``,
+    after `dvc repro`. Extra keyword arguments override params.yaml entries."""
+    copy_repo(dst)
+    p = yaml.safe_load((dst / "params.yaml").read_text())
+    p.update(profile="smoke", data={"dir": "data", "mirror": str(mirror)}, **params)
+    (dst / "params.yaml").write_text(yaml.safe_dump(p))
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    run_cmd(["git", "init", "-q"], dst)
+    run_cmd([*git, "add", "-A"], dst)
+    run_cmd([*git, "commit", "-qm", "copy"], dst)
+    run_cmd(["dvc", "repro"], dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def smoke_repo(tmp_path_factory, fmnist_mirror) -> Path:
+    """The smoke pipeline run with the local launcher."""
+    return repro_copy(tmp_path_factory.mktemp("repo"), fmnist_mirror)

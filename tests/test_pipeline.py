@@ -5,52 +5,15 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.conftest import REPO
+from tests.conftest import run_cmd as _sh
 
 pytestmark = pytest.mark.slow
-
-
-def _sh(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    env.pop("EMBREG_RETRAIN", None)
-    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if check and res.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
-    return res
-
-
-def _copy_repo(dst: Path) -> None:
-    """The files a clone would have (tracked and untracked-not-ignored), without results."""
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-                            cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    for rel in listed:
-        if rel.startswith(("data/", "results/")) or rel == "dvc.lock" or not (REPO / rel).is_file():
-            continue
-        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / rel, dst / rel)
-
-
-@pytest.fixture(scope="module")
-def smoke_repo(tmp_path_factory, fmnist_mirror) -> Path:
-    repo = tmp_path_factory.mktemp("repo")
-    _copy_repo(repo)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params.update(profile="smoke", data={"dir": "data", "mirror": str(fmnist_mirror)})
-    (repo / "params.yaml").write_text(yaml.safe_dump(params))
-    _sh(["git", "init", "-q"], repo)
-    _sh(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], repo)
-    _sh(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"], repo)
-    _sh(["dvc", "repro"], repo)
-    return repo
 
 
 def _rows(path: Path) -> dict[str, dict[str, str]]:

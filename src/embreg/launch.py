@@ -91,11 +91,50 @@ def pending(plan: Plan) -> list[Job]:
     return out
 
 
+LAUNCHERS = ("local", "slurm")
+SITE_FILE = "params.local.yaml"  # git-ignored site defaults for the launchers
+
+
+def with_site_defaults(params: PipelineParams, path: str | Path = SITE_FILE) -> PipelineParams:
+    """Merge the launcher sections of params.local.yaml (partition, account, ...) over
+    params.yaml's: a site's cluster settings need not be committed."""
+    import dataclasses
+
+    import yaml
+
+    if not Path(path).is_file():
+        return params
+    site = yaml.safe_load(Path(path).read_text()) or {}
+    return dataclasses.replace(
+        params,
+        launcher=site.get("launcher", params.launcher),
+        local={**params.local, **(site.get("local") or {})},
+        slurm={**params.slurm, **(site.get("slurm") or {})},
+    )
+
+SLURM_KEYS = ("partition", "account", "qos", "nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task",
+              "mem_gb", "timeout_min", "constraint", "array_parallelism", "max_num_timeout")
+
+
+def launcher_overrides(params: PipelineParams) -> tuple[list[str], int]:
+    """Hydra overrides that pick and configure the launcher, and the torch threads per job."""
+    if params.launcher == "slurm":
+        ov = ["hydra/launcher=slurm"]
+        for key in SLURM_KEYS:
+            if params.slurm.get(key) is not None:
+                ov.append(f"hydra.launcher.{key}={params.slurm[key]}")
+        for key, value in (params.slurm.get("additional_parameters") or {}).items():
+            ov.append(f"+hydra.launcher.additional_parameters.{key}={value}")
+        return ov, int(params.slurm.get("cpus_per_task") or 1)
+    parallel = int(params.local.get("max_parallel", 0)) or (os.cpu_count() or 1)
+    return (["hydra/launcher=local", f"hydra.sweeper.max_batch_size={parallel}"],
+            int(params.local.get("threads_per_job", 1)))
+
+
 def multirun_commands(plan: Plan, jobs: list[Job], params: PipelineParams) -> list[list[str]]:
     """One Hydra multirun per group of jobs that share their swept key (objective x seed
     products; a finished member of a product returns at once)."""
-    parallel = int(params.local.get("max_parallel", 0)) or (os.cpu_count() or 1)
-    threads = int(params.local.get("threads_per_job", 1))
+    launcher, threads = launcher_overrides(params)
     groups: dict[tuple, dict[str, set]] = {}
     for j in jobs:
         g = groups.setdefault((j.sweep_key, j.objective if j.sweep_key else None, j.extra),
@@ -108,8 +147,7 @@ def multirun_commands(plan: Plan, jobs: list[Job], params: PipelineParams) -> li
     for (key, _, extra), g in groups.items():
         cmd = [sys.executable, "-m", "embreg.train", "--multirun", f"profile={plan.profile}",
                *params.overrides, f"paths.data={params.data_dir}",
-               f"runtime.threads={threads}", "runtime.progress=false",
-               "hydra/launcher=local", f"hydra.sweeper.max_batch_size={parallel}",
+               f"runtime.threads={threads}", "runtime.progress=false", *launcher,
                "objective=" + ",".join(o for o in dict.fromkeys(j.objective for j in jobs) if o in g["objective"]),
                "seed=" + ",".join(str(s) for s in sorted(g["seed"]))]
         if key:
@@ -175,8 +213,9 @@ def _run_group(cmd: list[str], logf) -> int:
         raise
 
 
-def launch_local(plan: Plan, params: PipelineParams, log: Path) -> int:
-    """Run the pending jobs as Hydra multiruns on this machine; returns the worst exit code."""
+def launch(plan: Plan, params: PipelineParams, log: Path) -> int:
+    """Run the pending jobs as Hydra multiruns through the chosen launcher (this machine, or
+    SLURM job arrays); returns the worst exit code."""
     todo = pending(plan)
     if not todo:
         print(f"all {len(plan.jobs)} runs are up to date")

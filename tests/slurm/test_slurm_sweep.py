@@ -1,0 +1,45 @@
+"""The sweep on a real SLURM cluster (tests/slurm/cluster.sh, `make slurm-up`): the same
+`dvc repro` of the smoke profile with `launcher: slurm` gives the same tables as the local
+launcher."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import repro_copy
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def slurm_repo(tmp_path_factory, fmnist_mirror) -> Path:
+    if shutil.which("sinfo") is None or subprocess.run(["sinfo", "-h"], capture_output=True).returncode:
+        pytest.fail("no SLURM cluster answers: start it with `make slurm-up` (root), or deselect with -m 'not slurm'")
+    return repro_copy(tmp_path_factory.mktemp("slurm"), fmnist_mirror, launcher="slurm")
+
+
+def test_jobs_ran_through_slurm(slurm_repo):
+    logs = list((slurm_repo / "outputs" / "hydra" / "smoke").rglob("*_submitted.pkl"))
+    assert logs, "no submitit SLURM job folders"
+    ids = {p.name.split("_")[0] for p in logs}
+    acct = subprocess.run(["sacct", "-n", "-X", "-o", "JobID,State", "-j", ",".join(ids)],
+                          capture_output=True, text=True, check=True).stdout
+    states = {line.split()[1] for line in acct.strip().splitlines()}
+    assert states == {"COMPLETED"}, acct
+
+
+def test_same_tables_as_the_local_launcher(slurm_repo, smoke_repo):
+    for rel in ("summary.json", "tables/main.csv", "tables/collapse.csv", "tables/sensitivity.csv"):
+        local = (smoke_repo / "results" / "smoke" / rel).read_text()
+        assert (slurm_repo / "results" / "smoke" / rel).read_text() == local, rel
+    manifest = json.loads((slurm_repo / "results" / "smoke" / "runs" / "manifest.json").read_text())
+    for rid, seeds in manifest["runs"].items():
+        for seed in seeds:
+            a = json.loads((slurm_repo / "results/smoke/runs" / rid / f"seed{seed}" / "metrics.json").read_text())
+            b = json.loads((smoke_repo / "results/smoke/runs" / rid / f"seed{seed}" / "metrics.json").read_text())
+            assert a["linear_top1"] == b["linear_top1"] and a["collapse"] == b["collapse"], rid
