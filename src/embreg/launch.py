@@ -80,17 +80,6 @@ def make_plan(params: PipelineParams, ablations: list[str] | None = None) -> Pla
     return plan
 
 
-def pending(plan: Plan) -> list[Job]:
-    """Jobs without a finished result for the current config and code."""
-    code = code_hash()
-    out = []
-    for job, cfg in plan.configs.items():
-        st = read_status(run_dir(cfg))
-        if not (st.get("state") == "done" and st.get("fingerprint") == cfg.fingerprint(code)):
-            out.append(job)
-    return out
-
-
 LAUNCHERS = ("local", "slurm")
 SITE_FILE = "params.local.yaml"  # git-ignored site defaults for the launchers
 
@@ -157,6 +146,7 @@ def multirun_commands(plan: Plan, jobs: list[Job], params: PipelineParams) -> li
 
 
 def states(plan: Plan) -> dict[Job, str]:
+    """Each job's run state from its status file; a result from other config or code is 'stale'."""
     code = code_hash()
     out = {}
     for job, cfg in plan.configs.items():
@@ -166,6 +156,11 @@ def states(plan: Plan) -> dict[Job, str]:
             state = "stale"
         out[job] = state
     return out
+
+
+def pending(plan: Plan) -> list[Job]:
+    """Jobs without a finished result for the current config and code."""
+    return [job for job, state in states(plan).items() if state != "done"]
 
 
 def watch(plan: Plan, stop: threading.Event, interval: float | None = None) -> None:
