@@ -8,6 +8,7 @@ launched again.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from tqdm import tqdm
 
 from embreg.config import AblationConfig, RunConfig
@@ -87,10 +89,6 @@ SITE_FILE = "params.local.yaml"  # git-ignored site defaults for the launchers
 def with_site_defaults(params: PipelineParams, path: str | Path = SITE_FILE) -> PipelineParams:
     """Merge the launcher sections of params.local.yaml (partition, account, ...) over
     params.yaml's: a site's cluster settings need not be committed."""
-    import dataclasses
-
-    import yaml
-
     if not Path(path).is_file():
         return params
     site = yaml.safe_load(Path(path).read_text()) or {}
@@ -100,6 +98,7 @@ def with_site_defaults(params: PipelineParams, path: str | Path = SITE_FILE) -> 
         local={**params.local, **(site.get("local") or {})},
         slurm={**params.slurm, **(site.get("slurm") or {})},
     )
+
 
 SLURM_KEYS = ("partition", "account", "qos", "nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task",
               "mem_gb", "timeout_min", "constraint", "array_parallelism", "max_num_timeout")
