@@ -12,8 +12,10 @@ import signal
 import sys
 from pathlib import Path
 
+from tabulate import tabulate
+
 from _common import fail
-from embreg.launch import LAUNCHERS, launch, make_plan, states, with_site_defaults, write_manifest
+from embreg.launch import LAUNCHERS, failed_runs, launch, make_plan, with_site_defaults, write_manifest
 from embreg.params import load_params
 from embreg.registry import check_choice
 
@@ -32,19 +34,18 @@ def main() -> int:
         for cfg in plan.configs.values():
             shutil.rmtree(Path(cfg.paths.checkpoints), ignore_errors=True)
         shutil.rmtree(results / "runs", ignore_errors=True)
-    code = launch(plan, params, Path("outputs") / "logs" / f"sweep-{plan.profile}.log")
+    log = Path("outputs") / "logs" / f"sweep-{plan.profile}.log"
+    launch(plan, params, log)
     write_manifest(plan, results)
-    bad = {j: s for j, s in states(plan).items() if s != "done"}
+    bad = failed_runs(plan)
     if bad:
-        print(f"\n{len(bad)} of {len(plan.jobs)} runs did not finish:", file=sys.stderr)
-        for job, state in bad.items():
-            rd = results / "runs" / plan.run_ids()[job] / f"seed{job.seed}"
-            print(f"  {state:9s} {plan.run_ids()[job]} seed{job.seed}  {rd}/error.txt", file=sys.stderr)
-        print("see outputs/logs/ and outputs/hydra/ for the job logs; `dvc repro` again "
-              "retrains only these runs", file=sys.stderr)
+        print(f"\n{len(bad)} of {len(plan.jobs)} runs did not finish:\n"
+              f"{tabulate(bad, headers='keys', tablefmt='simple')}\n"
+              f"sweep log: {log}. `dvc repro` again retrains only these runs; "
+              "`dvc repro -s analyze` writes the tables now, with these cells marked.", file=sys.stderr)
         return 1
     print(f"all {len(plan.jobs)} runs done")
-    return code
+    return 0  # the runs' states decide, not how the launcher processes ended
 
 
 if __name__ == "__main__":

@@ -81,11 +81,16 @@ def smoke_cfg(prepared_data, tmp_path):
     return make
 
 
-def run_cmd(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    """Run a command with this venv's tools first on PATH; on failure show its output."""
+def tool_env() -> dict[str, str]:
+    """The environment for the project's commands: this venv's tools first on PATH."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("EMBREG_RETRAIN", None)
-    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    return env
+
+
+def run_cmd(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command with this venv's tools first on PATH; on failure show its output."""
+    res = subprocess.run(cmd, cwd=cwd, env=tool_env(), capture_output=True, text=True)
     if check and res.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
     return res

@@ -134,6 +134,8 @@ class PathsConfig:
 class RuntimeConfig:
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default
     progress: bool = True
+    # a checkpoint at least this often (and at every epoch end, and on USR2/TERM); 0: every step
+    checkpoint_every_s: float = 300.0
 
 
 @dataclass

@@ -1,14 +1,116 @@
-"""Process-group helpers. Losses call ``gather_with_grad``; on one process it is the identity,
-so CPU tests run the same code path as multi-GPU training."""
+"""Process-group helpers for data-parallel (DDP) training.
+
+A run uses several tasks by starting one process per task, each with its own slice of the
+global batch: under SLURM through submitit (``tasks_per_node > 1``; submitit's
+``TorchDistributedEnvironment`` turns SLURM's task variables into torch's ``env://``
+variables) or under ``torchrun`` (which sets ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``).
+``init_from_env`` joins the process group: NCCL on GPU (one device per task, picked by the
+local rank), gloo on CPU. Parameter gradients are averaged over ranks after the backward pass,
+by ``DistributedDataParallel`` or by ``average_gradients`` for a model not wrapped in it.
+
+Losses call ``gather_with_grad``: the variance, covariance and SVMax terms see the whole global
+batch, and its backward sums the gradients over ranks, so after DDP's averaging the gradients
+equal a single process's on the whole batch. On one process it is the identity, so CPU tests
+run the same code path as multi-GPU training.
+"""
 
 from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits in the job; the defaults are a single process."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one process that writes checkpoints, metrics and logs."""
+        return self.rank == 0
+
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _group_info() -> DistInfo:
+    rank = dist.get_rank()
+    return DistInfo(rank, dist.get_world_size(), int(os.environ.get("LOCAL_RANK", rank)))
+
+
+def _submitit_num_tasks() -> int:
+    """Number of tasks of the submitit job this process runs in; 0 outside submitit."""
+    try:
+        import submitit
+
+        return submitit.JobEnvironment().num_tasks
+    except (ImportError, RuntimeError):  # RuntimeError: not inside a submitit job
+        return 0
+
+
+def init_from_env(device_type: str) -> DistInfo:
+    """Join the job's process group if the process was started as one of several tasks
+    (submitit/SLURM, then torchrun's ``WORLD_SIZE``); otherwise a single-process ``DistInfo()``.
+
+    ``device_type`` is "cuda" (NCCL, and this process's device set from its local rank) or
+    anything else (gloo). A group that is already initialized is kept as it is.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return _group_info()
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    if _submitit_num_tasks() > 1:
+        import submitit
+
+        # keep CUDA_VISIBLE_DEVICES: the device is chosen from the local rank below
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        dist.init_process_group(backend=backend)
+    elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group(backend=backend, init_method="env://")
+    else:
+        return DistInfo()
+    info = _group_info()
+    if device_type == "cuda":
+        # modulo: SLURM may already have restricted each task to its own GPU
+        torch.cuda.set_device(info.local_rank % torch.cuda.device_count())
+    return info
+
+
+def shutdown() -> None:
+    """Destroy the process group, if there is one (at the end of a run)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait for every rank; a no-op without a process group."""
+    if is_distributed():
+        dist.barrier()
+
+
+def all_reduce_mean(x: float) -> float:
+    """A scalar's mean over ranks; the identity without a process group."""
+    return mean_over_ranks({"x": x})["x"]
+
+
+def broadcast_object(obj: T, src: int = 0) -> T:
+    """``src``'s picklable ``obj`` on every rank (e.g. a run directory chosen by rank 0);
+    the identity without a process group."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
 
 
 class _FullGather(torch.autograd.Function):
@@ -33,3 +135,31 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     if not is_distributed():
         return x
     return torch.cat(_FullGather.apply(x), dim=0)
+
+
+def average_gradients(model: torch.nn.Module) -> None:
+    """Average every parameter gradient over ranks in one collective (a no-op on one process).
+    Used instead of wrapping the model in DDP: each arm leaves some parameters unused (the SSL
+    arms the classifier head, the supervised arm the projector), which DDP only handles with
+    ``find_unused_parameters`` and its extra graph traversal every step."""
+    if not is_distributed():
+        return
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    for g, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+        g.copy_(part.view_as(g))
+
+
+def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
+    """Each value's mean over ranks in one collective (logged loss terms: each rank's
+    invariance is local); the identity without a process group."""
+    if not is_distributed():
+        return values
+    device = "cuda" if "nccl" in dist.get_backend() else "cpu"
+    t = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return dict(zip(values, (t / dist.get_world_size()).tolist(), strict=True))

@@ -63,13 +63,18 @@ def git_revision(cwd: str | Path | None = None) -> str:
         return "unknown"
 
 
+# modules that never change what a run computes: analysis, launching, reporting, the CLI
+NOT_TRAINING_CODE = ("analysis", "bench", "bench.py", "cli.py", "launch.py", "params.py", "scheduler.py", "status.py")
+
+
 def code_hash() -> str:
     """Hash of the library's training and evaluation code: a run trained by other code is
-    not reused. The analysis code is left out (re-analysing needs no retraining)."""
+    not reused. Analysis, launching and reporting code is left out (re-analysing or moving to
+    another launcher needs no retraining)."""
     h = hashlib.sha256()
     for path in sorted(PACKAGE_DIR.rglob("*.py")):
         rel = path.relative_to(PACKAGE_DIR)
-        if rel.parts[0] in ("analysis",) or rel.name in ("launch.py", "status.py"):
+        if rel.parts[0] in NOT_TRAINING_CODE:
             continue
         h.update(str(rel).encode())
         h.update(path.read_bytes())

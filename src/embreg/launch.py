@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,7 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
+from embreg import scheduler
 from embreg.config import AblationConfig, RunConfig
 from embreg.io import code_hash, write_json
 from embreg.params import PipelineParams, compose_run, group_options
@@ -64,17 +67,20 @@ def load_ablations(params: PipelineParams, names: list[str] | None = None) -> di
     return out
 
 
+def ablation_jobs(abl: AblationConfig) -> list[Job]:
+    """One ablation's runs: its arms and baselines x seeds, then its sweep points x sweep seeds."""
+    jobs = [Job(arm, s) for arm in [*abl.arms, *abl.baselines] for s in abl.seeds]
+    extra = tuple(abl.sweep_overrides)
+    jobs += [Job(sw["arm"], s, sw["key"], v, extra) for sw in abl.sweeps for v in sw["values"]
+             for s in abl.sweep_seeds]
+    return list(dict.fromkeys(jobs))
+
+
 def make_plan(params: PipelineParams, ablations: list[str] | None = None) -> Plan:
     """All (objective, seed[, swept value]) runs of the chosen ablations, deduplicated."""
     abls = load_ablations(params, ablations)
-    jobs: list[Job] = []
-    for abl in abls.values():
-        for arm in [*abl.arms, *abl.baselines]:
-            jobs += [Job(arm, s) for s in abl.seeds]
-        for sw in abl.sweeps:
-            extra = tuple(abl.sweep_overrides)
-            jobs += [Job(sw["arm"], s, sw["key"], v, extra) for v in sw["values"] for s in abl.sweep_seeds]
-    jobs = list(dict.fromkeys(jobs))  # keep order, drop duplicates
+    # keep order, drop duplicates: a run shared by two ablations is trained once
+    jobs = list(dict.fromkeys(job for abl in abls.values() for job in ablation_jobs(abl)))
     plan = Plan(params.profile, abls, jobs)
     base = [*params.overrides, f"paths.data={params.data_dir}"]
     for job in jobs:
@@ -162,19 +168,40 @@ def pending(plan: Plan) -> list[Job]:
     return [job for job, state in states(plan).items() if state != "done"]
 
 
+FINISHED = ("done", "failed", "diverged", "cancelled", "timeout", "node_fail", "out_of_memory")
+
+
 def watch(plan: Plan, stop: threading.Event, interval: float | None = None) -> None:
-    """A progress bar over the plan's runs, from their status files, until ``stop``.
-    On a terminal it refreshes every 5 s; in a log, once a minute."""
+    """A progress bar over the plan's runs, from their status files, until ``stop``: how many
+    are pending (queued on SLURM), running, done, failed. On a terminal it refreshes every 5 s;
+    in a log, once a minute."""
     interval = interval or (5.0 if sys.stderr.isatty() else 60.0)
     with tqdm(total=len(plan.jobs), desc=f"sweep {plan.profile}", unit="run", mininterval=0) as bar:
         while True:
             counts = Counter(states(plan).values())
-            bar.n = counts["done"] + counts["failed"] + counts["diverged"]
-            bar.set_postfix({k: counts[k] for k in ("running", "done", "failed", "diverged") if counts[k]},
+            counts["pending"] = counts.pop("queued", 0)
+            bar.n = sum(counts[k] for k in FINISHED)
+            bar.set_postfix({k: v for k, v in counts.items() if v and k not in ("missing", "stale")},
                             refresh=False)
             bar.refresh()
             if stop.wait(interval):
                 break
+
+
+def failed_runs(plan: Plan) -> list[dict[str, str]]:
+    """One row per run without a finished result: state, run, seed, error and where to look
+    (the job's log when a scheduler ran it, else the run's error.txt)."""
+    rows = []
+    for job, state in states(plan).items():
+        if state == "done":
+            continue
+        rd = run_dir(plan.configs[job])
+        st = read_status(rd)
+        error = str(st.get("error") or "").splitlines()
+        log = st.get("log") or (str(rd / "error.txt") if (rd / "error.txt").is_file() else "")
+        rows.append({"state": state, "run": run_id(plan.configs[job]), "seed": job.seed,
+                     "error": (error[0][:70] if error else ""), "log": log})
+    return rows
 
 
 def write_manifest(plan: Plan, results_dir: Path) -> dict[str, Any]:
@@ -198,16 +225,108 @@ def write_manifest(plan: Plan, results_dir: Path) -> dict[str, Any]:
 def _run_group(cmd: list[str], logf) -> int:
     """Run one multirun in its own process group, so that stopping the sweep (Ctrl-C, or a
     TERM from DVC) also stops the jobs it started instead of leaving them running."""
-    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+    return _run_groups([cmd], logf)[0]
+
+
+def _run_groups(cmds: list[list[str]], logf, sweep: str | None = None, n_jobs: int = 0,
+                poll: float = 5.0) -> list[int]:
+    """Run multiruns side by side, each in its own process group, and wait for all (for a
+    SLURM ``sweep``, as long as the scheduler has its jobs); stopping the sweep stops them and
+    cancels the SLURM jobs of ``sweep``."""
+    procs = []
     try:
-        return proc.wait()
+        for cmd in cmds:
+            logf.write(f"\n$ {' '.join(cmd)}\n")
+            logf.flush()
+            procs.append(subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True))
+        if sweep:
+            return _await_multiruns(procs, sweep, n_jobs, poll)
+        return [p.wait() for p in procs]
     except BaseException:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait()
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            p.wait()
+        if sweep:
+            scheduler.cancel(list(scheduler.jobs_named(sweep)))
         raise
 
 
-def launch(plan: Plan, params: PipelineParams, log: Path) -> int:
+def _mark_queued(plan: Plan, jobs: list[Job], sweep: str) -> None:
+    """A 'queued' status for each job about to be submitted: until a job starts, this is how
+    the progress bar and `embreg status` know it is pending, and how a job cancelled before
+    it started is told from one never submitted."""
+    for job in jobs:
+        cfg = plan.configs[job]
+        write_json(run_dir(cfg) / "status.json",
+                   {"run_id": run_id(cfg), "arm": cfg.arm, "seed": cfg.seed, "state": "queued", "sweep": sweep})
+
+
+def _wait_for_scheduler(sweep: str, poll: float) -> None:
+    """A multirun whose job was cancelled ends early (submitit raises on the first lost job);
+    the others of its array still run: wait until SLURM has none of the sweep's jobs active."""
+    while any(s in scheduler.ACTIVE for s in scheduler.jobs_named(sweep).values()):
+        time.sleep(poll)
+
+
+def _await_multiruns(procs: list[subprocess.Popen], sweep: str, n_jobs: int, poll: float) -> list[int]:
+    """Wait for the multiruns, but no longer than SLURM has work for them: a task cancelled
+    while pending vanishes from accounting, and submitit would wait for its result forever.
+    Once every job of the sweep has been seen and none is active (or none has been for a
+    minute), the multiruns still waiting are stopped; the run directories hold the results."""
+    seen: set[str] = set()
+    idle_since: float | None = None
+    while any(p.poll() is None for p in procs):
+        jobs = scheduler.jobs_named(sweep)
+        seen |= set(jobs)
+        if any(s in scheduler.ACTIVE for s in jobs.values()):
+            idle_since = None
+        else:
+            idle_since = idle_since or time.monotonic()
+            idle = time.monotonic() - idle_since
+            if (len(seen) >= n_jobs and idle >= 2 * poll) or idle >= max(60.0, 2 * poll):
+                for p in procs:
+                    if p.poll() is None:
+                        os.killpg(p.pid, signal.SIGTERM)
+                break
+        time.sleep(poll)
+    return [p.wait() for p in procs]
+
+
+def reconcile(plan: Plan, sweep: str) -> dict[Job, str]:
+    """After the scheduler is done with the sweep: a run still queued, running or interrupted
+    was lost with its job (cancelled, timed out, out of memory, node failure). Record the
+    scheduler's verdict in its status file, with the job id and log, so the table of failed
+    runs, the analysis and the next `dvc repro` see it. A run whose job never started has no
+    job id: its verdict is that of the sweep's jobs that no run claims. Returns the runs so marked."""
+    sched = scheduler.jobs_named(sweep)
+    statuses = {job: read_status(run_dir(cfg)) for job, cfg in plan.configs.items()}
+    claimed = {st.get("slurm_job_id") for st in statuses.values()}
+    # jobs no run claims: they never started a run. SLURM forgets an array task cancelled while
+    # pending, so no record at all means cancelled; a record is the verdict (FAILED, ...)
+    unclaimed = sorted({v for k, v in sched.items() if k not in claimed})
+    lost = {}
+    for job, st in statuses.items():
+        if st.get("state") not in ("queued", "running", "interrupted") or st.get("sweep", sweep) != sweep:
+            continue
+        job_id = st.get("slurm_job_id")
+        if job_id:
+            verdict = sched.get(job_id, "")
+            if verdict in scheduler.ACTIVE:
+                continue  # requeued or running again: not lost
+            state = verdict.lower() if verdict in scheduler.LOST else "failed"
+            error = f"SLURM job {job_id} ended {verdict or 'unknown to the scheduler'} before the run did"
+        else:
+            state = "cancelled" if set(unclaimed) <= {"CANCELLED"} else "failed"
+            verdict = ", ".join(unclaimed) or "cancelled while pending: no record left"
+            error = f"its SLURM job ended before the run started ({verdict}); see the sweep's job logs"
+        write_json(run_dir(plan.configs[job]) / "status.json", {**st, "state": state, "error": error})
+        lost[job] = state
+    return lost
+
+
+def launch(plan: Plan, params: PipelineParams, log: Path, poll: float = 5.0) -> int:
     """Run the pending jobs as Hydra multiruns through the chosen launcher (this machine, or
     SLURM job arrays); returns the worst exit code."""
     todo = pending(plan)
@@ -217,16 +336,23 @@ def launch(plan: Plan, params: PipelineParams, log: Path) -> int:
     print(f"{len(todo)} of {len(plan.jobs)} runs to train ({len(plan.jobs) - len(todo)} up to date)")
     stop = threading.Event()
     watcher = threading.Thread(target=watch, args=(plan, stop), daemon=True)
-    watcher.start()
-    worst = 0
+    cmds = multirun_commands(plan, todo, params)
     log.parent.mkdir(parents=True, exist_ok=True)
     try:
         with open(log, "a") as logf:
-            for cmd in multirun_commands(plan, todo, params):
-                logf.write(f"\n$ {' '.join(cmd)}\n")
-                logf.flush()
-                worst = max(worst, _run_group(cmd, logf))
+            if params.launcher != "slurm":
+                watcher.start()
+                return max(_run_group(cmd, logf) for cmd in cmds)  # one after another
+            sweep = f"embreg-{plan.profile}-{secrets.token_hex(4)}"
+            _mark_queued(plan, todo, sweep)
+            watcher.start()
+            # the arrays are submitted at once and wait side by side: SLURM schedules them
+            worst = max(_run_groups([[*cmd, f"hydra.launcher.name={sweep}"] for cmd in cmds], logf, sweep,
+                                    len(todo), poll))
+            _wait_for_scheduler(sweep, poll)
+            reconcile(plan, sweep)
+            return worst
     finally:
         stop.set()
-        watcher.join()
-    return worst
+        if watcher.is_alive():
+            watcher.join()

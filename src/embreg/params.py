@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,12 +37,15 @@ def load_params(path: str | Path = "params.yaml") -> PipelineParams:
     )
 
 
-CONF_DIR = REPO_ROOT / "conf"
+def conf_dir() -> Path:
+    """The Hydra tree: $EMBREG_CONF (the stage scripts point it at their own checkout's conf/),
+    else the conf/ beside this package."""
+    return Path(os.environ.get("EMBREG_CONF") or REPO_ROOT / "conf")
 
 
 def group_options(group: str) -> list[str]:
     """The config files of a conf/ group, e.g. group_options("profile") -> [default, smoke]."""
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
 
 
 def check_option(group: str, name: str) -> str:
@@ -63,9 +67,9 @@ def compose_run(profile: str, overrides: list[str] | None = None):
     check_option("profile", profile)
     for ov in overrides or []:
         key, _, value = ov.partition("=")
-        if (CONF_DIR / key).is_dir() and value not in ("null", ""):
+        if (conf_dir() / key).is_dir() and value not in ("null", ""):
             check_option(key, value)
     register_configs()
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
         cfg = compose("config", overrides=[f"profile={profile}", *(overrides or [])])
     return to_run_config(cfg)

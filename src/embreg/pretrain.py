@@ -1,8 +1,14 @@
-"""Pretraining: one arm's objective on two augmented views, checkpointed every epoch.
+"""Pretraining: one arm's objective on two augmented views, checkpointed and resumable.
 
-``pretrain`` resumes from ``ckpt_path`` by itself: the model, optimizer, sampling position and
-random-generator state are restored, so an interrupted run ends bit-identical (on CPU) to an
-uninterrupted one.
+A checkpoint is written at the end of every epoch, every ``runtime.checkpoint_every_s`` seconds,
+and at the next step boundary after a preemption or time-limit signal (``embreg.preemption``).
+``pretrain`` resumes from ``ckpt_path`` by itself, mid-epoch included: the model, optimizer,
+sampling position, random-generator state and the epoch's running sums are restored, so an
+interrupted run ends bit-identical (on CPU) to an uninterrupted one.
+
+With several processes (``embreg.distributed``) every rank draws the same global batch and the
+same views, trains on its contiguous slice, and gradients are averaged across ranks; the
+regularizers see the whole batch through ``gather_with_grad``. Rank 0 writes the checkpoints.
 """
 
 from __future__ import annotations
@@ -20,10 +26,14 @@ from tqdm import tqdm
 
 from embreg.config import RunConfig
 from embreg.data import AugmentSpec, Normalizer, Split, augment, two_views
+from embreg.distributed import DistInfo, average_gradients, mean_over_ranks
 from embreg.io import save_checkpoint
 from embreg.models import EmbeddingModel
 from embreg.objective import ssl_loss
 from embreg.optim import build_optimizer, cosine_schedule, set_lr
+from embreg.preemption import Every, SignalCheckpoint
+
+SINGLE = DistInfo()
 
 
 class DivergedError(RuntimeError):
@@ -62,18 +72,30 @@ def augment_spec(cfg: RunConfig) -> AugmentSpec:
     return AugmentSpec(crop_scale=tuple(cfg.dataset.crop_scale), flip=cfg.dataset.flip)
 
 
+def _rank_slice(x: torch.Tensor, dist: DistInfo) -> torch.Tensor:
+    per = len(x) // dist.world_size
+    return x[dist.rank * per : (dist.rank + 1) * per]
+
+
 def train_step(
     model: EmbeddingModel, x: torch.Tensor, y: torch.Tensor, cfg: RunConfig,
-    norm: Normalizer, gen: torch.Generator,
+    norm: Normalizer, gen: torch.Generator, dist: DistInfo = SINGLE,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Loss of one batch (uint8 images x, labels y) under the arm's objective."""
+    """Loss of one global batch (uint8 images x, labels y) under the arm's objective, on this
+    rank's slice of it."""
     obj = cfg.objective
     spec = augment_spec(cfg)
     if obj.kind == "supervised":
-        logits = model.head(model.backbone(model.prepare_input(augment(x, spec, norm, gen))))
+        v = augment(x, spec, norm, gen)
+        if dist.world_size > 1:
+            v, y = _rank_slice(v, dist), _rank_slice(y, dist)
+        logits = model.head(model.backbone(model.prepare_input(v)))
         loss = F.cross_entropy(logits, y)
-        return loss, {"loss": float(loss), "cross_entropy": float(loss)}
+        value = float(loss.detach())
+        return loss, {"loss": value, "cross_entropy": value}
     v1, v2 = two_views(x, spec, norm, gen)
+    if dist.world_size > 1:  # the same views as one process would make; this rank's slice
+        v1, v2 = (_rank_slice(v, dist) for v in (v1, v2))
     taps = obj.layers == "all"
     z1, f1 = model(v1, taps=taps)
     z2, f2 = model(v2, taps=taps)
@@ -86,8 +108,10 @@ class TrainState:
 
     stream: IndexStream
     history: list[dict[str, float]] = field(default_factory=list)
-    epoch: int = 0
+    step: int = 0  # optimizer steps done
+    sums: dict[str, float] = field(default_factory=dict)  # running sums of the current epoch
     step_times: list[float] = field(default_factory=list)
+    resumed_at: list[int] = field(default_factory=list)  # steps at which this run was resumed
 
 
 def load_state(ckpt_path: Path, model, optimizer, gen: torch.Generator, n_train: int) -> TrainState:
@@ -99,14 +123,14 @@ def load_state(ckpt_path: Path, model, optimizer, gen: torch.Generator, n_train:
     optimizer.load_state_dict(state["optimizer"])
     gen.set_state(state["generator"])
     return TrainState(IndexStream(n_train, state["perm"], state["pos"]), state["history"],
-                      state["epoch"], state["step_times"])
+                      state["step"], state["sums"], state["step_times"], state["resumed_at"] + [state["step"]])
 
 
 def save_state(ckpt_path: Path, model, optimizer, gen: torch.Generator, st: TrainState, fingerprint: str) -> None:
     save_checkpoint(ckpt_path, {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "generator": gen.get_state(),
-        "perm": st.stream.perm, "pos": st.stream.pos, "history": st.history, "epoch": st.epoch,
-        "step_times": st.step_times, "fingerprint": fingerprint,
+        "perm": st.stream.perm, "pos": st.stream.pos, "history": st.history, "step": st.step,
+        "sums": st.sums, "step_times": st.step_times, "resumed_at": st.resumed_at, "fingerprint": fingerprint,
     })
 
 
@@ -121,11 +145,12 @@ def cost_summary(step_times: list[float], batch_size: int, device: torch.device)
 
 def pretrain(
     cfg: RunConfig, model: EmbeddingModel, train: Split, ckpt_path: Path,
-    progress: bool = True, fingerprint: str = "",
+    progress: bool = True, fingerprint: str = "", dist: DistInfo = SINGLE,
 ) -> dict[str, Any]:
-    """Train ``model`` in place; returns {"history": [per-epoch means], "cost": {...}}.
+    """Train ``model`` in place; returns {"history": [per-epoch means], "cost": {...},
+    "resumed_at": [steps at which it was resumed from a checkpoint]}.
 
-    A checkpoint is written atomically after every epoch and resumed from if present.
+    Checkpoints are written atomically (see the module docstring) and resumed from if present.
     """
     device = next(model.parameters()).device
     norm = Normalizer(cfg.dataset.mean, cfg.dataset.std)
@@ -136,32 +161,48 @@ def pretrain(
     gen = torch.Generator().manual_seed(cfg.seed)
     st = load_state(ckpt_path, model, optimizer, gen, len(train))
     model.train()
-    bar = tqdm(total=total, initial=st.epoch * spe, desc=f"{cfg.arm}/seed{cfg.seed}",
-               disable=not progress, mininterval=5, leave=False)
-    for epoch in range(st.epoch, cfg.pretrain.epochs):
-        sums: dict[str, float] = {}
-        for i in range(spe):
+    periodic = Every(cfg.runtime.checkpoint_every_s)
+
+    def save() -> None:
+        if dist.is_main:
+            save_state(ckpt_path, model, optimizer, gen, st, fingerprint)
+        periodic.reset()
+
+    bar = tqdm(total=total, initial=st.step, desc=f"{cfg.arm}/seed{cfg.seed}",
+               disable=not progress or not dist.is_main, mininterval=5, leave=False)
+    with SignalCheckpoint() as signals:
+        while st.step < total:
+            epoch, i = divmod(st.step, spe)
             t0 = time.perf_counter()
-            set_lr(optimizer, lrs[epoch * spe + i])
+            set_lr(optimizer, lrs[st.step])
             idx = st.stream.next(cfg.optim.batch_size, gen)
             x, y = train.images[idx].to(device), train.labels[idx].to(device)
             try:
-                loss, terms = train_step(model, x, y, cfg, norm, gen)
+                loss, terms = train_step(model, x, y, cfg, norm, gen, dist)
+                terms = mean_over_ranks(terms)  # the same on every rank: all stop together
             except torch.linalg.LinAlgError as exc:  # an SVD of a NaN embedding
                 raise DivergedError(f"loss is nan (SVD failed: {exc}) at epoch {epoch} step {i}") from None
             if not math.isfinite(terms["loss"]):
                 raise DivergedError(f"loss is {terms['loss']} at epoch {epoch} step {i}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            average_gradients(model)
             optimizer.step()
             st.step_times.append(time.perf_counter() - t0)
             for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + v
+                st.sums[k] = st.sums.get(k, 0.0) + v
+            st.step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{terms['loss']:.3f}", refresh=False)
-        st.history.append({"epoch": epoch + 1, "lr": lrs[(epoch + 1) * spe - 1],
-                           **{k: v / spe for k, v in sums.items()}})
-        st.epoch = epoch + 1
-        save_state(ckpt_path, model, optimizer, gen, st, fingerprint)
+            if st.step % spe == 0:
+                st.history.append({"epoch": epoch + 1, "lr": lrs[st.step - 1],
+                                   **{k: v / spe for k, v in st.sums.items()}})
+                st.sums = {}
+                save()
+            elif signals.pending or periodic.due():
+                save()
+            if signals.pending:
+                signals.forward_pending()
     bar.close()
-    return {"history": st.history, "cost": cost_summary(st.step_times, cfg.optim.batch_size, device)}
+    return {"history": st.history, "cost": cost_summary(st.step_times, cfg.optim.batch_size, device),
+            "resumed_at": st.resumed_at}

@@ -20,12 +20,28 @@ import yaml
 
 from embreg.config import RunConfig
 from embreg.data import Normalizer, Split, load_split, read_index_file, subset_name
+from embreg.distributed import DistInfo, barrier, init_from_env
 from embreg.evaluate import collapse_report, extract, finetune, knn_accuracy, linear_probe
 from embreg.io import code_hash, git_revision, read_json, write_json, write_text
 from embreg.models import build_model
 from embreg.pretrain import DivergedError, pretrain
 
 DONE, FAILED, DIVERGED, RUNNING = "done", "failed", "diverged", "running"
+INTERRUPTED = "interrupted"  # stopped by a signal (preempted, timed out, cancelled): resumes
+
+
+def job_info() -> dict[str, str]:
+    """The submitit job running this process, if any: its id (``123_4`` for an array task)
+    and the path of its log, so a failed run can be traced to its scheduler job."""
+    if not os.environ.get("SUBMITIT_EXECUTOR"):
+        return {}
+    import submitit
+
+    env = submitit.JobEnvironment()
+    if env.cluster != "slurm":
+        return {"job_id": env.job_id, "log": str(env.paths.stdout)}
+    # the job name is the sweep's (embreg.launch names every job of one sweep alike)
+    return {"slurm_job_id": env.job_id, "log": str(env.paths.stdout), "sweep": os.environ.get("SLURM_JOB_NAME", "")}
 
 
 def run_id(cfg: RunConfig) -> str:
@@ -98,28 +114,40 @@ def evaluate_model(cfg: RunConfig, model, train: Split, test: Split) -> tuple[di
 
 
 def run_one(cfg: RunConfig) -> dict[str, Any]:
-    """Train and evaluate one run; returns its status dict (never raises on a training error)."""
-    cfg.validate()
+    """Train and evaluate one run; returns its status dict (never raises on a training error).
+
+    With several processes (a multi-task SLURM job) every rank trains; rank 0 alone evaluates
+    and writes the run directory."""
     fp = cfg.fingerprint(code_hash())
     rd = run_dir(cfg)
     if is_finished(cfg, fp):
         return read_status(rd)
+    dist = init_from_env(torch.device(cfg.profile.device).type)
+    if not dist.is_main:
+        _train_and_evaluate(cfg, rd, fp, dist)
+        return {"run_id": run_id(cfg), "seed": cfg.seed, "state": DONE, "rank": dist.rank}
     rd.mkdir(parents=True, exist_ok=True)
     for stale in ("metrics.json", "error.txt"):
         (rd / stale).unlink(missing_ok=True)
     meta = {"run_id": run_id(cfg), "arm": cfg.arm, "seed": cfg.seed, "fingerprint": fp,
-            "git_revision": git_revision(), "host": socket.gethostname(), "pid": os.getpid()}
+            "git_revision": git_revision(), "host": socket.gethostname(), "pid": os.getpid(),
+            "world_size": dist.world_size, **job_info()}
     write_text(rd / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
     write_json(rd / "status.json", {**meta, "state": RUNNING, "started": time.time()})
     t0 = time.time()
     try:
-        metrics = _train_and_evaluate(cfg, rd, fp)
+        cfg.validate()  # a bad config is this run's failure, recorded like any other
+        metrics = _train_and_evaluate(cfg, rd, fp, dist)
         state, error = DONE, None
     except DivergedError as exc:
         state, error, metrics = DIVERGED, str(exc), {}
     except Exception as exc:  # noqa: BLE001 - recorded in the run directory, reported by the sweep
         state, error, metrics = FAILED, f"{type(exc).__name__}: {exc}", {}
         write_text(rd / "error.txt", traceback.format_exc())
+    except BaseException as exc:  # a signal's exit (requeue) or Ctrl-C: resumable, then re-raised
+        write_json(rd / "status.json", {**meta, "state": INTERRUPTED, "error": type(exc).__name__,
+                                         "seconds": time.time() - t0})
+        raise
     status = {**meta, "state": state, "error": error, "seconds": time.time() - t0}
     if state == DONE:
         write_json(rd / "metrics.json", {**meta, **metrics})
@@ -127,24 +155,33 @@ def run_one(cfg: RunConfig) -> dict[str, Any]:
     return status
 
 
-def _train_and_evaluate(cfg: RunConfig, rd: Path, fp: str) -> dict[str, Any]:
+def _train_and_evaluate(cfg: RunConfig, rd: Path, fp: str, dist: DistInfo) -> dict[str, Any]:
     if cfg.runtime.threads > 0:
         torch.set_num_threads(cfg.runtime.threads)
     device = torch.device(cfg.profile.device)
+    if device.type == "cuda" and dist.world_size > 1:
+        device = torch.device("cuda", torch.cuda.current_device())  # set by init_from_env
     ds = cfg.dataset
     train = load_split(cfg.paths.data, ds.name, train=True)
     test = load_split(cfg.paths.data, ds.name, train=False)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.backbone, ds.in_channels, ds.num_classes).to(device)
+    if device.type == "cuda" and dist.world_size > 1:  # BN statistics over the global batch
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ckpt = checkpoint_path(cfg)
-    if ckpt.is_file() and torch.load(ckpt, map_location="cpu", weights_only=False).get("fingerprint") != fp:
+    if dist.is_main and ckpt.is_file() and torch.load(ckpt, map_location="cpu", weights_only=False).get("fingerprint") != fp:
         ckpt.unlink()  # trained under another config or code: never resume from it
+    barrier()
     metrics: dict[str, Any] = {}
     t0 = time.time()
     if cfg.objective.kind != "none":
-        result = pretrain(cfg, model, train, ckpt, cfg.runtime.progress, fingerprint=fp)
+        result = pretrain(cfg, model, train, ckpt, cfg.runtime.progress, fingerprint=fp, dist=dist)
+        if not dist.is_main:  # rank 0 evaluates
+            return {}
         write_json(rd / "history.json", result["history"])
-        metrics.update(result["cost"])
+        metrics.update(result["cost"], resumed_at_steps=result["resumed_at"])
+    if not dist.is_main:
+        return {}
     metrics["pretrain_seconds"] = time.time() - t0
     t1 = time.time()
     evals, spectra = evaluate_model(cfg, model, train, test)

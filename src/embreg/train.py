@@ -6,6 +6,7 @@ conf/hydra/launcher/ (the sweep stage does this). Below this file nothing sees a
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from embreg.config import RunConfig, register_configs
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+# $EMBREG_CONF: set by the stage scripts to their checkout's conf/ (see embreg.params.conf_dir)
+CONF_DIR = os.environ.get("EMBREG_CONF") or str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def to_run_config(cfg: DictConfig) -> RunConfig:

@@ -5,21 +5,20 @@ launcher."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import repro_copy
+from tests.slurm.conftest import require_cluster
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def slurm_repo(tmp_path_factory, fmnist_mirror) -> Path:
-    if shutil.which("sinfo") is None or subprocess.run(["sinfo", "-h"], capture_output=True).returncode:
-        pytest.fail("no SLURM cluster answers: start it with `make slurm-up` (root), or deselect with -m 'not slurm'")
+    require_cluster()
     return repro_copy(tmp_path_factory.mktemp("slurm"), fmnist_mirror, launcher="slurm")
 
 

@@ -1,0 +1,77 @@
+"""Data parallelism through the real code path on the project's SLURM cluster (`make slurm-up`):
+one submitit job of two tasks, each calling ``embreg.distributed.init_from_env`` and taking
+half of the batch, gives the whole batch's loss and gradients."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from functools import partial
+from pathlib import Path
+
+import pytest
+import submitit
+import torch
+
+from embreg import distributed as D
+from embreg.config import ObjectiveConfig
+from embreg.distributed import DistInfo
+from embreg.params import compose_run
+from tests.ddp_case import OBJECTIVES, SYNCS, Result, assert_matches_whole_batch, compute, compute_all
+from tests.slurm.conftest import require_cluster
+
+pytestmark = [pytest.mark.slurm, pytest.mark.ddp, pytest.mark.slow]
+
+TASKS = 2
+REPO = Path(__file__).resolve().parents[2]
+
+
+def slurm_task(objectives: dict[str, ObjectiveConfig]) -> tuple[DistInfo, dict[tuple[str, str], Result]]:
+    """What each task of the job runs; the job starts in the repository root, so it imports this
+    module as ``tests.slurm.test_slurm_ddp``."""
+    torch.set_num_threads(1)
+    info = D.init_from_env("cpu")
+    try:
+        return info, compute_all(objectives, info)
+    finally:
+        D.shutdown()
+
+
+@pytest.fixture(scope="module")
+def objectives() -> dict[str, ObjectiveConfig]:
+    return {name: compose_run("smoke", [f"objective={name}"]).objective for name in OBJECTIVES}
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory, objectives) -> submitit.Job:
+    require_cluster()
+    executor = submitit.AutoExecutor(folder=tmp_path_factory.mktemp("slurm_ddp"), cluster="slurm")
+    executor.update_parameters(slurm_partition="debug", nodes=1, tasks_per_node=TASKS, cpus_per_task=1,
+                               mem_gb=2, timeout_min=5, name="embreg-ddp-test",
+                               slurm_setup=[f"cd {REPO}"])
+    job = executor.submit(partial(slurm_task, objectives))
+    job.results()  # waits; raises with the tasks' stderr if one failed
+    return job
+
+
+def test_each_task_is_a_rank(job):
+    infos = [info for info, _ in job.results()]
+    assert infos == [DistInfo(rank=r, world_size=TASKS, local_rank=r) for r in range(TASKS)]
+
+
+@pytest.mark.parametrize("sync", SYNCS)
+@pytest.mark.parametrize("name", OBJECTIVES)
+def test_tasks_match_the_whole_batch(job, objectives, name, sync):
+    whole = compute(objectives[name], DistInfo(), sync)
+    assert_matches_whole_batch([cases[(name, sync)] for _, cases in job.results()], whole)
+
+
+def test_job_completed_in_accounting(job):
+    """sacct records the job COMPLETED (the record can lag the results by a moment)."""
+    for _ in range(30):
+        acct = subprocess.run(["sacct", "-n", "-X", "-o", "JobID,State", "-j", job.job_id],
+                              capture_output=True, text=True, check=True).stdout
+        if "COMPLETED" in acct:
+            break
+        time.sleep(1)
+    assert acct.split()[1:] == ["COMPLETED"], acct

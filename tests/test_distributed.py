@@ -1,0 +1,164 @@
+"""embreg.distributed on two spawned processes (gloo): ranks that each take half of a batch
+compute the whole batch's loss and, once gradients are synchronized, its gradients; and the
+helpers are the identity on one process."""
+
+from __future__ import annotations
+
+import os
+import socket
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from embreg import distributed as D
+from embreg.config import ObjectiveConfig
+from embreg.distributed import DistInfo
+from embreg.params import compose_run
+from tests.ddp_case import OBJECTIVES, SYNCS, assert_matches_whole_batch, compute, compute_all, spawned_rank
+
+pytestmark = pytest.mark.ddp
+
+WORLD = 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn(entry, task, out_dir: Path) -> list[Any]:
+    """Run ``task`` on WORLD spawned ranks started through ``entry``; their results by rank."""
+    mp.start_processes(entry, args=(WORLD, free_port(), task, out_dir), nprocs=WORLD, start_method="spawn")
+    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+@pytest.fixture(scope="module")
+def objectives() -> dict[str, ObjectiveConfig]:
+    return {name: compose_run("smoke", [f"objective={name}"]).objective for name in OBJECTIVES}
+
+
+@pytest.fixture(scope="module")
+def two_ranks(objectives, tmp_path_factory) -> list[dict]:
+    """Every objective and gradient sync on two ranks, in one spawn."""
+    return spawn(spawned_rank, partial(compute_all, objectives), tmp_path_factory.mktemp("ddp"))
+
+
+def test_presets_are_the_ones_meant(objectives):
+    assert (objectives["vicreg"].space, objectives["svmax"].space) == ("raw", "l2")
+    assert objectives["vicreg_nocov"].covariance == 0 and objectives["svmax"].svmax > 0
+    assert {n for n, o in objectives.items() if o.layers == "all"} == {"vicreg_all", "svmax_all"}
+
+
+@pytest.mark.parametrize("sync", SYNCS)
+@pytest.mark.parametrize("name", OBJECTIVES)
+def test_two_ranks_match_the_whole_batch(two_ranks, objectives, name, sync):
+    whole = compute(objectives[name], DistInfo(), sync)
+    assert_matches_whole_batch([r[(name, sync)] for r in two_ranks], whole)
+
+
+@pytest.mark.parametrize("name", OBJECTIVES)
+def test_half_batch_alone_differs(objectives, name):
+    """Without the gather, a rank's regularizers and gradients would be its half's: the
+    equality above is not vacuous."""
+    obj = objectives[name]
+    whole, half = compute(obj, DistInfo(), "ddp"), compute(obj, DistInfo(0, WORLD), "ddp")
+    trained = [k for k in ("variance", "covariance", "svmax") if getattr(obj, k) > 0]
+    assert all(abs(half["terms"][k] - whole["terms"][k]) > 1e-3 for k in trained)
+    assert not all(torch.allclose(half["grads"][n], g, atol=1e-3) for n, g in whole["grads"].items())
+
+
+# ------------------------------------------------------------------ gather_with_grad alone
+def _rows() -> torch.Tensor:
+    return torch.randn(8 * WORLD, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+
+def _coupled(g: torch.Tensor) -> torch.Tensor:
+    """A loss that mixes all rows (a covariance's square), so each row's gradient needs the others."""
+    c = g - g.mean(dim=0)
+    return (c.T @ c).pow(2).sum() / len(g)
+
+
+def gather_task(info: DistInfo) -> dict[str, torch.Tensor]:
+    """Rank r backpropagates (r + 1) * loss(gathered rows), so sum and mean over ranks differ."""
+    per = len(_rows()) // info.world_size
+    x = _rows()[info.rank * per : (info.rank + 1) * per].requires_grad_()
+    g = D.gather_with_grad(x)
+    ((info.rank + 1) * _coupled(g)).backward()
+    return {"gathered": g.detach(), "grad": x.grad}
+
+
+def test_gather_with_grad_returns_each_rank_its_slice(tmp_path):
+    """Forward: every rank sees the whole batch in rank order. Backward: rank r gets its rows of
+    the whole-batch gradient of the ranks' summed losses, sum_r (r + 1) * loss; with the same
+    loss on every rank that is world_size x its slice, which the gradient average then cancels."""
+    ranks = spawn(spawned_rank, gather_task, tmp_path)
+    x = _rows().requires_grad_()
+    _coupled(x).backward()
+    per = len(x) // WORLD
+    weight = sum(r + 1 for r in range(WORLD))
+    for r, out in enumerate(ranks):
+        assert torch.equal(out["gathered"], x.detach())
+        torch.testing.assert_close(out["grad"], weight * x.grad[r * per : (r + 1) * per])
+
+
+# ------------------------------------------------------------------ init_from_env and helpers
+def torchrun_rank(rank: int, world_size: int, port: int, task, out_dir: Path) -> None:
+    """Entry of a spawned process started the way torchrun starts one: by environment only."""
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    try:
+        torch.save(task(D.init_from_env("cpu")), out_dir / f"rank{rank}.pt")
+    finally:
+        D.shutdown()
+
+
+def helpers_task(info: DistInfo) -> dict[str, Any]:
+    D.barrier()
+    grad = torch.nn.Linear(1, 1, bias=False)
+    grad.weight.grad = torch.full((1, 1), float(info.rank))
+    D.average_gradients(grad)
+    return {
+        "info": info,
+        "again": D.init_from_env("cpu"),  # a group that exists is kept
+        "mean": D.all_reduce_mean(float(info.rank)),
+        "means": D.mean_over_ranks({"a": float(info.rank), "b": 2.0 * info.rank}),
+        "broadcast": D.broadcast_object({"run_dir": f"from rank {info.rank}"}),
+        "grad": grad.weight.grad.item(),
+    }
+
+
+def test_init_from_env_and_helpers_on_two_ranks(tmp_path):
+    ranks = spawn(torchrun_rank, helpers_task, tmp_path)
+    mean = sum(range(WORLD)) / WORLD
+    for r, out in enumerate(ranks):
+        assert out["info"] == out["again"] == DistInfo(rank=r, world_size=WORLD, local_rank=r)
+        assert out["info"].is_main == (r == 0)
+        assert out["mean"] == out["grad"] == mean
+        assert out["means"] == {"a": mean, "b": 2 * mean}
+        assert out["broadcast"] == {"run_dir": "from rank 0"}
+
+
+def test_single_process_is_the_identity(monkeypatch):
+    for var in ("WORLD_SIZE", "RANK", "SUBMITIT_EXECUTOR"):
+        monkeypatch.delenv(var, raising=False)
+    assert D.init_from_env("cpu") == DistInfo() == DistInfo(0, 1, 0)
+    assert DistInfo().is_main and not DistInfo(rank=1, world_size=2).is_main
+    assert not D.is_distributed()
+    x = torch.arange(6.0).reshape(3, 2)
+    assert D.gather_with_grad(x) is x
+    assert D.all_reduce_mean(2.5) == 2.5
+    assert D.mean_over_ranks({"a": 1.0}) == {"a": 1.0}
+    obj = {"k": [1, 2]}
+    assert D.broadcast_object(obj) is obj
+    lin = torch.nn.Linear(2, 1)
+    lin.weight.grad = torch.ones(1, 2)
+    D.average_gradients(lin)
+    assert torch.equal(lin.weight.grad, torch.ones(1, 2))
+    D.barrier()
+    D.shutdown()

@@ -1,0 +1,167 @@
+"""`embreg status` on run directories written by hand: every state a status file can hold,
+a stale fingerprint, missing runs, and runs shared by two ablations."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from embreg.io import code_hash, write_json
+from embreg.launch import Job, ablation_jobs, make_plan
+from embreg.params import load_params
+from embreg.run import run_dir, run_id
+from embreg.status import collect, main
+from tests.conftest import run_cmd
+
+ABLATIONS = ["layers", "covariance"]  # share vicreg, random_init and supervised
+ERROR = "RuntimeError: boom " + "x" * 100 + "\nTraceback line two"
+# run -> status file contents beyond run_id/seed (None: no file)
+WRITTEN = {
+    Job("vicreg", 0): {"state": "done"},
+    Job("svmax", 0): {"state": "done", "fingerprint": "0123456789abcdef"},
+    Job("vicreg_all", 0): {"state": "failed", "error": ERROR},
+    Job("svmax_all", 0): {"state": "running", "host": "node1", "pid": 123},
+    Job("random_init", 0): {"state": "interrupted", "error": "SystemExit"},
+    Job("vicreg", 0, "objective.covariance", 0.1, ("eval.semi_supervised=false",)):
+        {"state": "queued", "slurm_job_id": "999999999_1", "log": "/logs/999999999_1_0_log.out"},
+}
+
+
+def _table(text: str) -> list[dict[str, str]]:
+    """A tabulate 'simple' table back into rows, column spans taken from its dashes line."""
+    lines = text.strip("\n").splitlines()
+    spans, pos = [], 0
+    for dashes in lines[1].split("  "):
+        if dashes:
+            start = lines[1].index(dashes, pos)
+            spans.append((start, start + len(dashes)))
+            pos = start + len(dashes)
+    cut = [(s, spans[i + 1][0] if i + 1 < len(spans) else None) for i, (s, _) in enumerate(spans)]
+    headers = [lines[0][a:b].strip() for a, b in cut]
+    return [{h: line[a:b].strip() for h, (a, b) in zip(headers, cut, strict=True)} for line in lines[2:]]
+
+
+def _tables(out: str) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    counts, _, runs = out.partition("\n\n")
+    return _table(counts), _table(runs) if runs.strip() else []
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """A params.yaml for the smoke profile with its results in a temporary directory, and
+    status files for some of its runs."""
+    root = tmp_path_factory.mktemp("status")
+    params = {"profile": "smoke", "overrides": [f"paths.results={root}/results"],
+              "data": {"dir": str(root / "data")}}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    plan = make_plan(load_params(root / "params.yaml"), ABLATIONS)
+    code = code_hash()
+    for job, extra in WRITTEN.items():
+        cfg = plan.configs[job]
+        write_json(run_dir(cfg) / "status.json", {"run_id": run_id(cfg), "arm": cfg.arm, "seed": cfg.seed,
+                                                  "fingerprint": cfg.fingerprint(code), **extra})
+    return root
+
+
+@pytest.fixture(scope="module")
+def rows(repo) -> list[dict]:
+    return collect(load_params(repo / "params.yaml"), ABLATIONS)
+
+
+def _by(rows: list[dict], ablation: str) -> dict[tuple[str, int], dict]:
+    return {(r["run_id"], r["seed"]): r for r in rows if r["ablation"] == ablation}
+
+
+def test_ablation_jobs_partition_the_plan(repo):
+    plan = make_plan(load_params(repo / "params.yaml"), ABLATIONS)
+    per = {name: ablation_jobs(abl) for name, abl in plan.ablations.items()}
+    assert len(per["layers"]) == 6 and len(per["covariance"]) == 7
+    assert set(per["layers"]) | set(per["covariance"]) == set(plan.jobs)
+    assert set(per["layers"]) & set(per["covariance"]) == {Job("vicreg", 0), Job("random_init", 0),
+                                                          Job("supervised", 0)}
+
+
+def test_rows_give_each_runs_state(rows):
+    assert {r["profile"] for r in rows} == {"smoke"}
+    layers, cov = _by(rows, "layers"), _by(rows, "covariance")
+    assert {k: r["state"] for k, r in layers.items()} == {
+        ("vicreg", 0): "done", ("svmax", 0): "stale", ("vicreg_all", 0): "failed",
+        ("svmax_all", 0): "running", ("random_init", 0): "interrupted", ("supervised", 0): "missing"}
+    assert {k: r["state"] for k, r in cov.items()} == {
+        ("vicreg", 0): "done", ("vicreg_nocov", 0): "missing", ("inv_only", 0): "missing",
+        ("random_init", 0): "interrupted", ("supervised", 0): "missing",
+        ("vicreg@covariance=0.1", 0): "queued", ("vicreg@covariance=10.0", 0): "missing"}
+    assert layers["vicreg_all", 0]["error"] == ERROR
+    queued = cov["vicreg@covariance=0.1", 0]
+    assert queued["slurm_job_id"] == "999999999_1" and queued["log"] == "/logs/999999999_1_0_log.out"
+    assert queued["scheduler"] is None  # no such job, whether or not SLURM answers here
+    assert all(r["slurm_job_id"] is None and r["log"] is None for r in rows if r is not queued)
+
+
+def test_text_shows_counts_and_unfinished_runs(repo, capsys):
+    assert main(["--params", str(repo / "params.yaml"), "--ablation", "layers,covariance"]) == 0
+    counts, runs = _tables(capsys.readouterr().out)
+    assert counts == [
+        {"profile": "smoke", "ablation": "layers", "done": "1", "running": "1", "queued": "", "failed": "1",
+         "diverged": "", "cancelled": "", "stale": "1", "missing": "1", "interrupted": "1", "total": "6"},
+        {"profile": "smoke", "ablation": "covariance", "done": "1", "running": "", "queued": "1",
+         "failed": "",
+         "diverged": "", "cancelled": "", "stale": "", "missing": "4", "interrupted": "1", "total": "7"}]
+    listed = {(r["run"], r["seed"]): r for r in runs}
+    assert len(listed) == len(runs) == 9  # 13 rows, 3 shared runs once, vicreg done
+    assert ("vicreg", "0") not in listed
+    assert listed["random_init", "0"]["ablation"] == "layers,covariance"
+    failed = listed["vicreg_all", "0"]
+    assert failed["state"] == "failed" and failed["error"].startswith("RuntimeError: boom xxx")
+    assert failed["error"].endswith("...") and len(failed["error"]) == 80
+    queued = listed["vicreg@covariance=0.1", "0"]
+    assert (queued["state"], queued["job"]) == ("queued", "999999999_1")
+    assert queued["log"] == "/logs/999999999_1_0_log.out"
+
+
+def test_all_lists_finished_runs_too(repo, capsys):
+    main(["--params", str(repo / "params.yaml"), "--ablation", "layers", "--all"])
+    _, runs = _tables(capsys.readouterr().out)
+    assert [(r["run"], r["state"]) for r in runs] == [
+        ("vicreg", "done"), ("vicreg_all", "failed"), ("svmax", "stale"), ("svmax_all", "running"),
+        ("random_init", "interrupted"), ("supervised", "missing")]
+
+
+def test_json_gives_the_rows(repo, rows, capsys):
+    main(["--params", str(repo / "params.yaml"), "--json", "--ablation", "layers",
+          "--ablation", "covariance"])
+    assert json.loads(capsys.readouterr().out) == rows
+
+
+def test_several_profiles(repo, capsys):
+    main(["--params", str(repo / "params.yaml"), "--profile", "smoke,default", "--ablation", "layers"])
+    counts, _ = _tables(capsys.readouterr().out)
+    # default's configs differ from smoke's: the run finished for smoke is stale there
+    assert [(c["profile"], c["done"], c["stale"], c["total"]) for c in counts] == [
+        ("smoke", "1", "1", "6"), ("default", "", "2", "12")]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--profile", "tiny"], "unknown profile 'tiny'; valid: default, smoke"),
+    (["--ablation", "layers,nope"], "unknown ablation 'nope'; valid: anticollapse, covariance, layers"),
+])
+def test_unknown_name_lists_valid_ones(repo, capsys, args, message):
+    with pytest.raises(SystemExit) as exc:
+        main(["--params", str(repo / "params.yaml"), *args])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_command_line(repo):
+    embreg = Path(sys.executable).parent / "embreg"
+    out = run_cmd([str(embreg), "status", "--params", "params.yaml", "--ablation", "layers"], repo).stdout
+    counts, runs = _tables(out)
+    assert [(c["ablation"], c["done"], c["total"]) for c in counts] == [("layers", "1", "6")]
+    assert len(runs) == 5
+    res = run_cmd([sys.executable, "-m", "embreg.status", "--params", str(repo / "params.yaml"), "--json",
+                   "--ablation", "covariance"], repo)
+    assert [r["state"] for r in json.loads(res.stdout)].count("missing") == 4
