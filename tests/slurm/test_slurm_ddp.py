@@ -4,7 +4,10 @@ half of the batch, gives the whole batch's loss and gradients."""
 
 from __future__ import annotations
 
+import json
+import math
 import subprocess
+import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -75,3 +78,24 @@ def test_job_completed_in_accounting(job):
             break
         time.sleep(1)
     assert acct.split()[1:] == ["COMPLETED"], acct
+
+
+def test_a_run_trains_with_two_tasks_through_the_launcher(tmp_path, prepared_data):
+    """A whole run (pretrain + evaluation) as one SLURM job of two tasks through
+    hydra-submitit-launcher: both ranks train in lockstep (no hang), rank 0 alone writes the
+    run directory and checkpoint."""
+    require_cluster()
+    cmd = [sys.executable, "-m", "embreg.train", "--multirun", "profile=smoke", "objective=vicreg_all", "seed=0",
+           f"paths.data={prepared_data}", f"paths.results={tmp_path}/results", f"paths.checkpoints={tmp_path}/ckpt",
+           "runtime.threads=1", "runtime.progress=false", "hydra/launcher=slurm", "hydra.launcher.tasks_per_node=2",
+           "hydra.launcher.name=embreg-ddp-run-test", f"hydra.sweep.dir={tmp_path}/hydra"]
+    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rd = tmp_path / "results" / "runs" / "vicreg_all" / "seed0"
+    status = json.loads((rd / "status.json").read_text())
+    assert status["state"] == "done" and status["world_size"] == 2, status
+    history = json.loads((rd / "history.json").read_text())
+    assert len(history) == 2 and all(math.isfinite(h["loss"]) for h in history)
+    metrics = json.loads((rd / "metrics.json").read_text())
+    assert 0 <= metrics["linear_top1"] <= 100
+    assert (tmp_path / "ckpt" / "vicreg_all" / "seed0" / "last.pt").is_file()
