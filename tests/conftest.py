@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import gzip
 import os
+import pickle
 import shutil
 import struct
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +53,77 @@ def write_fmnist(dir_: Path, train_per_class: int = 50, test_per_class: int = 20
         else:
             (dir_ / name).write_bytes(blob)
     return dir_
+
+
+def colour_split(n_classes: int, per_class: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 3, size, size) uint8 images and int64 labels: class c is a bright horizontal bar
+    whose row and colour depend on c, over noise; asymmetric, so a transposed read shows."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(n_classes), per_class)
+    rng.shuffle(labels)
+    images = rng.integers(0, 60, size=(len(labels), 3, size, size))
+    for i, c in enumerate(labels):
+        row = 2 + (c * 3) % (size - 4)
+        images[i, c % 3, row : row + 2, 2 : size // 2] += 180
+    return np.clip(images, 0, 255).astype(np.uint8), labels.astype(np.int64)
+
+
+def _pickle(path: Path, obj: dict) -> None:
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)  # the official files are Python 2 pickles
+
+
+def _cifar_batch(images: np.ndarray, labels: np.ndarray, label_keys: dict[str, list[int]], name: str) -> dict:
+    return {"batch_label": name, **label_keys, "data": images.reshape(len(images), -1),
+            "filenames": [f"img_{i}.png" for i in range(len(images))]}
+
+
+def write_cifar10(dir_: Path, train_per_class: int = 5, test_per_class: int = 2) -> Path:
+    """``dir_/cifar-10-batches-py/``: data_batch_1..5, test_batch, batches.meta (real keys)."""
+    out = dir_ / "cifar-10-batches-py"
+    out.mkdir(parents=True, exist_ok=True)
+    (tr_x, tr_y), (te_x, te_y) = colour_split(10, train_per_class, 32, 0), colour_split(10, test_per_class, 32, 1)
+    for i, part in enumerate(np.array_split(np.arange(len(tr_y)), 5), start=1):
+        _pickle(out / f"data_batch_{i}", _cifar_batch(tr_x[part], tr_y[part], {"labels": tr_y[part].tolist()},
+                                                      f"training batch {i} of 5"))
+    _pickle(out / "test_batch", _cifar_batch(te_x, te_y, {"labels": te_y.tolist()}, "testing batch 1 of 1"))
+    _pickle(out / "batches.meta", {"num_cases_per_batch": 10000, "num_vis": 3072,
+                                   "label_names": [f"class{c}" for c in range(10)]})
+    return dir_
+
+
+def write_cifar100(dir_: Path, train_per_class: int = 2, test_per_class: int = 1) -> Path:
+    """``dir_/cifar-100-python/``: train, test, meta with fine and coarse labels (real keys)."""
+    out = dir_ / "cifar-100-python"
+    out.mkdir(parents=True, exist_ok=True)
+    for name, (x, y) in (("train", colour_split(100, train_per_class, 32, 0)),
+                         ("test", colour_split(100, test_per_class, 32, 1))):
+        keys = {"fine_labels": y.tolist(), "coarse_labels": (y // 5).tolist()}
+        _pickle(out / name, _cifar_batch(x, y, keys, name))
+    _pickle(out / "meta", {"fine_label_names": [f"fine{c}" for c in range(100)],
+                           "coarse_label_names": [f"coarse{c}" for c in range(20)]})
+    return dir_
+
+
+def write_stl10(dir_: Path, train_per_class: int = 3, test_per_class: int = 2) -> Path:
+    """``dir_/stl10_binary/``: *_X.bin (uint8, each channel stored column-major as STL-10 does),
+    *_y.bin (labels 1..10) and class_names.txt."""
+    out = dir_ / "stl10_binary"
+    out.mkdir(parents=True, exist_ok=True)
+    for split, (x, y) in (("train", colour_split(10, train_per_class, 96, 0)),
+                          ("test", colour_split(10, test_per_class, 96, 1))):
+        (out / f"{split}_X.bin").write_bytes(np.ascontiguousarray(x.transpose(0, 1, 3, 2)).tobytes())
+        (out / f"{split}_y.bin").write_bytes((y + 1).astype(np.uint8).tobytes())
+    (out / "class_names.txt").write_text("".join(f"class{c}\n" for c in range(10)))
+    return dir_
+
+
+def as_archive(dir_: Path, folder: str, archive: Path) -> Path:
+    """Pack ``dir_/folder`` as the official .tar.gz does (one top-level folder)."""
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(dir_ / folder, arcname=folder)
+    return archive
 
 
 @pytest.fixture(scope="session")
@@ -112,7 +185,7 @@ def repro_copy(dst: Path, mirror: Path, **params) -> Path:
     after `dvc repro`. Extra keyword arguments override params.yaml entries."""
     copy_repo(dst)
     p = yaml.safe_load((dst / "params.yaml").read_text())
-    p.update(profile="smoke", data={"dir": "data", "mirror": str(mirror)}, **params)
+    p.update({"profile": "smoke", "data": {"dir": "data", "mirror": str(mirror)}, **params})
     (dst / "params.yaml").write_text(yaml.safe_dump(p))
     git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
     run_cmd(["git", "init", "-q"], dst)

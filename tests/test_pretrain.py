@@ -3,6 +3,7 @@ preemption signal) and stops on divergence."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 
@@ -136,3 +137,14 @@ def test_a_signal_checkpoints_at_the_step_boundary_then_reaches_the_previous_han
     monkeypatch.setattr(P, "train_step", real_step)
     resumed = _model(cfg)
     _assert_same(straight, res, resumed, pretrain(cfg, resumed, train, tmp_path / "b.pt", progress=False))
+
+
+def test_bf16_autocast_trains_and_feeds_float32_to_the_loss(smoke_cfg, tmp_path):
+    """bf16 (the GPU profiles' precision) runs on CPU too: finite losses, and unlike fp32."""
+    cfg16 = smoke_cfg("objective=svmax", "pretrain.precision=bf16", "pretrain.epochs=1")
+    cfg32 = smoke_cfg("objective=svmax", "pretrain.epochs=1")
+    train = load_split(cfg16.paths.data, "fashion_mnist", train=True)
+    h16 = pretrain(cfg16, _model(cfg16), train, tmp_path / "a.pt", progress=False)["history"]
+    h32 = pretrain(cfg32, _model(cfg32), train, tmp_path / "b.pt", progress=False)["history"]
+    assert all(math.isfinite(v) for v in h16[0].values())
+    assert h16[0]["loss"] != h32[0]["loss"] and h16[0]["loss"] == pytest.approx(h32[0]["loss"], rel=0.2)

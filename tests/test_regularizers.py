@@ -583,3 +583,24 @@ def test_objective_config_unknown_choice_lists_valid(field, value, valid):
     for name in valid:
         assert name in msg
     assert isinstance(err.value, ValueError)
+
+
+@pytest.mark.parametrize("shape", [(64, 256), (256, 64), (96, 96)])
+def test_gram_mean_singular_value_matches_svd_in_float32(shape):
+    """The Gram-eigenvalue path against torch.svd on float32 embeddings: value and gradient."""
+    e = torch.randn(*shape, generator=torch.Generator().manual_seed(5))
+    a, b = e.clone().requires_grad_(), e.clone().requires_grad_()
+    ours = R.mean_singular_value(a)
+    ref = torch.svd(F.normalize(b, dim=1))[1].mean()
+    ours.backward()
+    ref.backward()
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-5)
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-6)
+
+
+def test_float32_rank_one_gives_the_lower_bound_and_finite_gradients():
+    e = rank_one_multiples(128, 512).float().requires_grad_()
+    value = R.mean_singular_value(e)
+    value.backward()
+    assert float(value) == pytest.approx(R.svmax_bounds(128, 512)[0], rel=1e-5)
+    assert torch.isfinite(e.grad).all() and e.grad.abs().max() > 0

@@ -19,6 +19,7 @@ SPACES = ("raw", "l2")
 LAYERS = ("last", "all")
 STEMS = ("imagenet", "cifar")
 OPTIMIZERS = ("adamw", "sgd", "lars")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -95,6 +96,9 @@ class PretrainConfig:
     # drawn from a seeded permutation of the whole set (small profiles keep all 60k images
     # in play but checkpoint and log every `steps_per_epoch` steps)
     steps_per_epoch: int | None = None
+    # fp32, or bf16: the network's forward under bf16 autocast (GPU profiles); the regularizers
+    # always see float32 embeddings (SVMax's eigenproblem runs in float64)
+    precision: str = "fp32"
 
 
 @dataclass
@@ -183,6 +187,7 @@ class RunConfig:
         BACKBONES.get(self.backbone.name)
         check_choice("stem", self.backbone.stem, STEMS)
         check_choice("optimizer", self.optim.name, OPTIMIZERS)
+        check_choice("precision", self.pretrain.precision, PRECISIONS)
         if self.optim.batch_size < 2:
             raise ValueError(f"optim.batch_size must be >= 2, got {self.optim.batch_size}")
         n_frac = len(self.dataset.subset_fractions)

@@ -89,17 +89,25 @@ def train_step(
         v = augment(x, spec, norm, gen)
         if dist.world_size > 1:
             v, y = _rank_slice(v, dist), _rank_slice(y, dist)
-        logits = model.head(model.backbone(model.prepare_input(v)))
-        loss = F.cross_entropy(logits, y)
+        with _autocast(cfg, x.device):
+            logits = model.head(model.backbone(model.prepare_input(v)))
+        loss = F.cross_entropy(logits.float(), y)
         value = float(loss.detach())
         return loss, {"loss": value, "cross_entropy": value}
     v1, v2 = two_views(x, spec, norm, gen)
     if dist.world_size > 1:  # the same views as one process would make; this rank's slice
         v1, v2 = (_rank_slice(v, dist) for v in (v1, v2))
     taps = obj.layers == "all"
-    z1, f1 = model(v1, taps=taps)
-    z2, f2 = model(v2, taps=taps)
-    return ssl_loss(z1, z2, f1.taps, f2.taps, obj)
+    with _autocast(cfg, x.device):
+        z1, f1 = model(v1, taps=taps)
+        z2, f2 = model(v2, taps=taps)
+    t1, t2 = ({k: v.float() for k, v in f.taps.items()} for f in (f1, f2))
+    return ssl_loss(z1.float(), z2.float(), t1, t2, obj)
+
+
+def _autocast(cfg: RunConfig, device: torch.device) -> torch.autocast:
+    """bf16 autocast around the network when the profile asks for it; a no-op for fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.pretrain.precision == "bf16")
 
 
 @dataclass

@@ -15,6 +15,14 @@ def _counts(labels) -> dict[str, int]:
     return {str(k): v for k, v in sorted(Counter(labels.tolist()).items())}
 
 
+def check_dataset_key(declared: str | None, profile: str, cfg: DatasetConfig) -> None:
+    """params.yaml's ``dataset`` names the prepare stage's outputs (DVC sees only params.yaml),
+    so it must be the profile's dataset."""
+    if declared != cfg.name:
+        raise ValueError(f"params.yaml has dataset: {declared} but profile {profile!r} uses dataset "
+                         f"{cfg.name!r}; set dataset: {cfg.name}")
+
+
 def prepare(data_dir: str | Path, cfg: DatasetConfig, mirror: str | None) -> dict[str, Any]:
     """Make ``cfg.name`` available under ``data_dir/<name>`` and return its card.
 
@@ -42,6 +50,8 @@ def prepare(data_dir: str | Path, cfg: DatasetConfig, mirror: str | None) -> dic
             "subsets": subsets,
             "raw_md5": {f: md5(root / f) for f in spec.raw_files},
         })
+        if spec.verify is not None:  # do the raw files match torchvision's published md5s?
+            card["verified"] = spec.verify(root)
 
     fetch_atomically(data_dir, cfg.name, mirror, finish)
     return card
@@ -60,6 +70,10 @@ def card_markdown(card: dict[str, Any]) -> str:
         lines.append(f"| {c} | {tr['per_class'][c]} | {te['per_class'].get(c, 0)} | {subs} |")
     lines += ["", "Label subsets (class-balanced, seeded):", ""]
     lines += [f"- `{n}`: {s['size']} images, seed {s['seed']}, md5 `{s['md5']}`" for n, s in card["subsets"].items()]
-    lines += ["", "Raw files (decompressed idx, md5):", ""]
+    if "verified" in card:
+        match = "match" if card["verified"] else "do NOT match (not the official release)"
+        lines += ["", f"Raw files (md5; they {match} torchvision's published checksums):", ""]
+    else:
+        lines += ["", "Raw files (decompressed idx, md5):", ""]
     lines += [f"- `{f}`: `{h}`" for f, h in card["raw_md5"].items()]
     return "\n".join(lines) + "\n"
