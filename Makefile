@@ -8,7 +8,7 @@ MIRROR := /usr/share/datasets/fashion-mnist
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install data-source repro test lint slurm-up slurm-down
+.PHONY: install data-source repro test lint slurm-up slurm-down bench
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -43,6 +43,10 @@ slurm-up:
 
 slurm-down:
 	bash tests/slurm/cluster.sh down
+
+# Speed benchmarks (SVMax, VICReg terms, pretraining throughput): results/bench/{bench.json,BENCH.md}
+bench: install
+	$(PY) -m embreg.bench
 
 lint: install
 	$(VENV)/bin/ruff check src tests pipelines
