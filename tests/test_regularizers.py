@@ -602,5 +602,5 @@ def test_float32_rank_one_gives_the_lower_bound_and_finite_gradients():
     e = rank_one_multiples(128, 512).float().requires_grad_()
     value = R.mean_singular_value(e)
     value.backward()
-    assert float(value) == pytest.approx(R.svmax_bounds(128, 512)[0], rel=1e-5)
+    assert value.item() == pytest.approx(R.svmax_bounds(128, 512)[0], rel=1e-5)
     assert torch.isfinite(e.grad).all() and e.grad.abs().max() > 0

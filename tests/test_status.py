@@ -12,7 +12,7 @@ import yaml
 
 from embreg.io import code_hash, write_json
 from embreg.launch import Job, ablation_jobs, make_plan
-from embreg.params import load_params
+from embreg.params import group_options, load_params
 from embreg.run import run_dir, run_id
 from embreg.status import collect, main
 from tests.conftest import run_cmd
@@ -146,7 +146,7 @@ def test_several_profiles(repo, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--profile", "tiny"], "unknown profile 'tiny'; valid: default, smoke"),
+    (["--profile", "tiny"], f"unknown profile 'tiny'; valid: {', '.join(group_options('profile'))}"),
     (["--ablation", "layers,nope"], "unknown ablation 'nope'; valid: anticollapse, covariance, layers"),
 ])
 def test_unknown_name_lists_valid_ones(repo, capsys, args, message):
