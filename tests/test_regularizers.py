@@ -604,3 +604,74 @@ def test_float32_rank_one_gives_the_lower_bound_and_finite_gradients():
     value.backward()
     assert value.item() == pytest.approx(R.svmax_bounds(128, 512)[0], rel=1e-5)
     assert torch.isfinite(e.grad).all() and e.grad.abs().max() > 0
+
+
+def spectrum(b: int, d: int, ratio: float, seed: int = 0) -> torch.Tensor:
+    """A float32 (b, d) matrix with unit rows whose singular values fall log-evenly from 1 to
+    about ``ratio`` (before the row normalization, which moves them slightly)."""
+    g = torch.Generator().manual_seed(seed)
+    k = min(b, d)
+    u, _ = torch.linalg.qr(torch.randn(b, k, generator=g, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(d, k, generator=g, dtype=torch.float64))
+    s = torch.logspace(0, math.log10(ratio), k, dtype=torch.float64)
+    return F.normalize((u * s) @ v.T, dim=1).float()
+
+
+def svd_reference(e: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """Mean singular value and its gradient (the polar factor / k) from a float64 SVD."""
+    u, s, vh = torch.linalg.svd(e.double(), full_matrices=False)
+    k = min(e.shape)
+    return float(s.sum() / k), (u @ vh) / k
+
+
+@pytest.mark.parametrize("shape", [(256, 1024), (1024, 256)])
+@pytest.mark.parametrize("ratio, path", [(0.5, "float32"), (0.04, "float32"), (0.02, "float64"), (1e-3, "float64")])
+def test_precision_follows_the_conditioning(shape, ratio, path):
+    """Within a factor ~32 between the largest and smallest singular value the float32 path is
+    taken; beyond it float64. Either way value and gradient match a float64 SVD."""
+    e = spectrum(*shape, ratio).requires_grad_()
+    assert R.spectrum_precision(e) == path
+    value = R.mean_singular_value(e, normalize=False)
+    value.backward()
+    ref_value, ref_grad = svd_reference(e.detach())
+    assert value.item() == pytest.approx(ref_value, rel=1e-6)
+    err = float((e.grad.double() - ref_grad).norm() / ref_grad.norm())
+    assert err < (1e-4 if path == "float32" else 1e-6)
+
+
+def test_precision_of_random_matrices():
+    """Rectangular random embeddings are well conditioned (float32); a square one has singular
+    values near 0 (float64), where a float32 Gram matrix would be off by percents."""
+    g = torch.Generator().manual_seed(0)
+    assert R.spectrum_precision(F.normalize(torch.randn(128, 1024, generator=g), dim=1)) == "float32"
+    square = F.normalize(torch.randn(256, 256, generator=g), dim=1)
+    assert R.spectrum_precision(square) == "float64"
+    assert R.mean_singular_value(square).item() == pytest.approx(svd_reference(square)[0], rel=1e-6)
+
+
+def test_near_collapse_keeps_its_gradient():
+    """A nearly collapsed embedding (one direction plus 1e-3 noise) goes to float64 and keeps
+    the small directions' gradient, which the float32 Gram matrix cannot resolve."""
+    g = torch.Generator().manual_seed(1)
+    e = torch.randn(1, 512, generator=g) + 1e-3 * torch.randn(64, 512, generator=g)
+    e = F.normalize(e, dim=1).requires_grad_()
+    assert R.spectrum_precision(e) == "float64"
+    R.mean_singular_value(e, normalize=False).backward()
+    ref_grad = svd_reference(e.detach())[1]
+    assert float((e.grad.double() - ref_grad).norm() / ref_grad.norm()) < 1e-4
+
+
+def test_float64_input_stays_float64():
+    e = spectrum(64, 256, 0.5).double()
+    assert R.spectrum_precision(e) == "float64"
+    assert R.mean_singular_value(e, normalize=False).dtype == torch.float64
+
+
+def test_value_without_gradient_equals_value_with_gradient():
+    """Under no_grad only eigenvalues are computed; the value is the same."""
+    for ratio in (0.5, 1e-3):
+        e = spectrum(128, 512, ratio)
+        with torch.no_grad():
+            cheap = R.mean_singular_value(e, normalize=False)
+        full = R.mean_singular_value(e.clone().requires_grad_(), normalize=False)
+        assert cheap.item() == pytest.approx(full.item(), rel=1e-6)

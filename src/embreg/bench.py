@@ -38,7 +38,7 @@ from embreg.objective import ssl_loss
 from embreg.optim import build_optimizer
 from embreg.params import REPO_ROOT, compose_run
 from embreg.pretrain import augment_spec, pretrain
-from embreg.regularizers import covariance_term, mean_singular_value, variance_term
+from embreg.regularizers import covariance_term, mean_singular_value, spectrum_precision, variance_term
 
 # (b, d, speed-up target of SVMax over the svd reference)
 FULL_SIZES = [(256, 2048, 3.0), (512, 2048, 3.0), (2048, 2048, 1.5), (512, 8192, 3.0)]
@@ -113,25 +113,35 @@ def _fwd_bwd(fn: Callable[..., torch.Tensor], *leaves: torch.Tensor) -> Callable
 
 def svmax_case(b: int, d: int, repeats: int, gen: torch.Generator) -> dict[str, Any]:
     """Values and forward+backward times of SVMax and the svd reference, plus the VICReg
-    variance and covariance terms, on a random (b, d) embedding."""
+    variance and covariance terms, on a random (b, d) embedding; and both SVMax sides again on
+    a nearly collapsed embedding (one direction plus 1e-2 noise), which takes SVMax's float64
+    path."""
     e = torch.randn(b, d, generator=gen).requires_grad_()
     e2 = torch.randn(b, d, generator=gen).requires_grad_()
+    near = (torch.randn(1, d, generator=gen) + 1e-2 * torch.randn(b, d, generator=gen)).requires_grad_()
     ours, ref = _fwd_bwd(mean_singular_value, e), _fwd_bwd(svd_mean_singular_value, e)
     ours_value, ref_value = float(ours()), float(ref())
     med = interleaved({
         "ours": timed(ours), "svd": timed(ref),
         "variance": timed(_fwd_bwd(variance_term, e, e2)),
         "covariance": timed(_fwd_bwd(covariance_term, e, e2)),
+        "near_ours": timed(_fwd_bwd(mean_singular_value, near)),
+        "near_svd": timed(_fwd_bwd(svd_mean_singular_value, near)),
     }, repeats)
     row = {
         "b": b, "d": d, "ours_value": ours_value, "svd_value": ref_value,
         "rel_diff": abs(ours_value - ref_value) / abs(ref_value),
+        "precision": spectrum_precision(F.normalize(e.detach(), dim=1)),
         "ours_ms": 1e3 * med["ours"], "svd_ms": 1e3 * med["svd"], "speedup": med["svd"] / med["ours"],
         "variance_ms": 1e3 * med["variance"], "covariance_ms": 1e3 * med["covariance"],
+        "near_precision": spectrum_precision(F.normalize(near.detach(), dim=1)),
+        "near_ours_ms": 1e3 * med["near_ours"], "near_svd_ms": 1e3 * med["near_svd"],
+        "near_speedup": med["near_svd"] / med["near_ours"],
     }
-    log(f"svmax {b}x{d}: ours {row['ours_ms']:.1f} ms, svd {row['svd_ms']:.1f} ms "
+    log(f"svmax {b}x{d}: ours {row['ours_ms']:.1f} ms ({row['precision']}), svd {row['svd_ms']:.1f} ms "
         f"(x{row['speedup']:.2f}), rel diff {row['rel_diff']:.1e}; variance {row['variance_ms']:.1f} ms, "
-        f"covariance {row['covariance_ms']:.1f} ms")
+        f"covariance {row['covariance_ms']:.1f} ms; near collapse: ours {row['near_ours_ms']:.1f} ms "
+        f"({row['near_precision']}), svd {row['near_svd_ms']:.1f} ms (x{row['near_speedup']:.2f})")
     return row
 
 
@@ -380,10 +390,14 @@ def render_markdown(res: dict[str, Any]) -> str:
     """BENCH.md: the environment, one table per measurement, one line per target."""
     env, tp = res["environment"], res["throughput"]
     svmax = tabulate(
-        [[f"{r['b']}x{r['d']}", r["ours_ms"], r["svd_ms"], r["speedup"], r["ours_value"], r["svd_value"],
-          r["rel_diff"], r["variance_ms"], r["covariance_ms"]] for r in res["svmax"]],
-        headers=["b x d", "SVMax ms", "svd ms", "speed-up", "SVMax value", "svd value", "rel diff",
-                 "variance ms", "covariance ms"], tablefmt="github", floatfmt=".4g")
+        [[f"{r['b']}x{r['d']}", r["precision"], r["ours_ms"], r["svd_ms"], r["speedup"], r["ours_value"],
+          r["svd_value"], r["rel_diff"], r["variance_ms"], r["covariance_ms"]] for r in res["svmax"]],
+        headers=["b x d", "SVMax path", "SVMax ms", "svd ms", "speed-up", "SVMax value", "svd value",
+                 "rel diff", "variance ms", "covariance ms"], tablefmt="github", floatfmt=".4g")
+    near = tabulate(
+        [[f"{r['b']}x{r['d']}", r["near_precision"], r["near_ours_ms"], r["near_svd_ms"], r["near_speedup"]]
+         for r in res["svmax"]],
+        headers=["b x d", "SVMax path", "SVMax ms", "svd ms", "speed-up"], tablefmt="github", floatfmt=".4g")
     layers = tabulate(
         [[r["all"], r["last"], r["all_ms_per_step"], r["last_ms_per_step"], r["ratio"]] for r in res["layers"]],
         headers=["all-layer", "last-layer", "all ms/step", "last ms/step", "ratio"], tablefmt="github",
@@ -403,7 +417,12 @@ def render_markdown(res: dict[str, Any]) -> str:
         "## SVMax and VICReg terms (forward+backward, float32, CPU)", "",
         "SVMax is `mean_singular_value`; svd is `torch.svd(F.normalize(e, dim=1))[1].mean()`; "
         "speed-up = svd time / SVMax time. The variance and covariance terms are VICReg's, on two "
-        "views of the same size.", "", svmax, "",
+        "views of the same size. SVMax path: SVMax decomposes the k x k Gram matrix in float32 when "
+        "its smallest eigenvalue is at least 1e-3 of the largest (a rectangular random matrix, a "
+        "healthy embedding), in float64 otherwise (a square random matrix has singular values "
+        "near 0, which a float32 Gram matrix misses by percents).", "", svmax, "",
+        "The same on a nearly collapsed embedding (one direction plus 1e-2 noise), which always "
+        "takes the float64 path:", "", near, "",
         f"Rank-one (collapsed) {r1['b']}x{r1['d']} embedding: SVMax {_fmt(r1['value'])}, "
         f"gradient finite: {_fmt(r1['grad_finite'])}.", "",
         f"## Pretraining throughput (default profile, VICReg, CPU, batch {tp['batch']})", "",

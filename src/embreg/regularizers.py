@@ -127,45 +127,103 @@ def svmax_bounds(b: int, d: int) -> tuple[float, float]:
     return math.sqrt(b) / k, math.sqrt(b / k)
 
 
+# The float32 path is taken only for a well-conditioned Gram matrix: lambda_min >= this times
+# lambda_max (singular values within a factor ~32 of each other). There its value agrees with a
+# float64 SVD to ~1e-7 relative and its gradient to ~2e-5 (tests/test_regularizers.py); below
+# it, float32 Gram entries cannot resolve the small singular values (a square random matrix
+# is off by 4e-2, a near-collapsed one loses its gradient), so float64 is used.
+FLOAT32_MIN_EIG_RATIO = 1e-3
+
+
+def _gram(e: torch.Tensor, wide: bool) -> torch.Tensor:
+    return e @ e.T if wide else e.T @ e
+
+
+def _float32_spectrum(e32: torch.Tensor, wide: bool, vectors: bool):
+    """(lam, vec) of the float32 Gram matrix, or None when it is too ill-conditioned for float32.
+
+    A Cholesky factorization of G - tau * max(diag G) * I is the cheap early-out: it fails
+    whenever lambda_min < tau * lambda_max is certain (max(diag G) <= lambda_max), before any
+    eigendecomposition is paid for; the eigenvalues then decide exactly.
+    """
+    g = _gram(e32, wide)
+    shifted = g - FLOAT32_MIN_EIG_RATIO * g.diagonal().max() * torch.eye(g.shape[0], dtype=g.dtype, device=g.device)
+    if int(torch.linalg.cholesky_ex(shifted).info) != 0:
+        return None
+    lam, vec = torch.linalg.eigh(g) if vectors else (torch.linalg.eigvalsh(g), None)
+    if not bool(lam[0] >= FLOAT32_MIN_EIG_RATIO * lam[-1]):
+        return None
+    return lam, vec
+
+
+def spectrum_precision(e: torch.Tensor) -> str:
+    """Which path ``mean_singular_value`` takes for the (already normalized) (b, d) matrix ``e``:
+    ``"float32"`` (well-conditioned) or ``"float64"``."""
+    if e.dtype == torch.float64:
+        return "float64"
+    fast = _float32_spectrum(e.detach().float(), e.shape[0] <= e.shape[1], False)
+    return "float32" if fast is not None else "float64"
+
+
 class _MeanSingularValue(torch.autograd.Function):
-    """Mean singular value from the eigenvalues of the smaller Gram matrix (k x k, k = min(b, d)),
-    in float64: for b << d or d << b much cheaper than an SVD of the (b, d) matrix.
+    """Mean singular value from the eigenvalues of the smaller Gram matrix (k x k, k = min(b, d)):
+    for b << d or d << b much cheaper than an SVD of the (b, d) matrix.
+
+    Precision adapts to the spectrum. A well-conditioned Gram matrix (see
+    ``FLOAT32_MIN_EIG_RATIO``: every singular value within a factor ~32 of the largest, the
+    usual state of a healthy embedding) is decomposed in float32. Anything else (near
+    collapse, or b ~ d where the smallest singular values approach 0) is recomputed in float64,
+    whose Gram matrix resolves singular values down to ~1e-7 of the largest, as a float32 SVD
+    does.
 
     Backward: d(sum_i s_i)/dE = U V^T (the polar factor), computed as U S^+ U^T E (b <= d) or
-    E V S^+ V^T (b > d) from the same eigenvectors; singular values at the float64 noise floor
-    of the Gram matrix count as 0 in both directions (their subgradient is taken as 0), so a
-    collapsed, rank-one embedding gets finite gradients and exactly the lower bound.
+    E V S^+ V^T (b > d) from the same eigenvectors. On the float64 path, singular values at
+    the float64 noise floor of the Gram matrix count as 0 in both directions (their
+    subgradient is taken as 0), so a collapsed, rank-one embedding gets finite gradients and
+    exactly the lower bound.
     """
 
     @staticmethod
     def forward(ctx, e: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         b, d = e.shape
-        e64 = e.double()
-        wide = b <= d
-        lam, vec = torch.linalg.eigh(e64 @ e64.T if wide else e64.T @ e64)
-        s = lam.clamp_min(0).sqrt()
-        k = min(b, d)
-        floor = 10 * math.sqrt(k * torch.finfo(torch.float64).eps) * s.max()
-        inv = torch.where(s > floor, 1 / s.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(s))
-        ctx.save_for_backward(e64, vec, inv)
+        k, wide = min(b, d), b <= d
+        vectors = bool(ctx.needs_input_grad[0])
+        e32 = e.float()
+        # float64 input asks for float64 throughout (e.g. gradcheck)
+        fast = None if e.dtype == torch.float64 else _float32_spectrum(e32, wide, vectors)
+        if fast is not None:
+            lam, vec = fast
+            s = lam.sqrt()
+            value, work, inv = s.sum() / k, e32, (1 / s if vectors else None)
+        else:
+            work = e.double()
+            lam, vec = torch.linalg.eigh(_gram(work, wide)) if vectors else (torch.linalg.eigvalsh(_gram(work, wide)), None)
+            s = lam.clamp_min(0).sqrt()
+            floor = 10 * math.sqrt(k * torch.finfo(torch.float64).eps) * s.max()
+            keep = s > floor
+            value = torch.where(keep, s, torch.zeros_like(s)).sum() / k
+            inv = torch.where(keep, 1 / s.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(s))
+        if vectors:
+            ctx.save_for_backward(work, vec, inv)
         ctx.wide, ctx.k = wide, k
-        return (torch.where(s > floor, s, torch.zeros_like(s)).sum() / k).to(e.dtype)
+        return value.to(e.dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        e64, vec, inv = ctx.saved_tensors
+        work, vec, inv = ctx.saved_tensors
         proj = (vec * inv) @ vec.T  # U S^+ U^T (or V S^+ V^T)
-        polar = proj @ e64 if ctx.wide else e64 @ proj
-        return (grad.double() * polar / ctx.k).to(grad.dtype)
+        polar = proj @ work if ctx.wide else work @ proj
+        return (grad.to(work.dtype) * polar / ctx.k).to(grad.dtype)
 
 
 def mean_singular_value(e: torch.Tensor, normalize: bool = True) -> torch.Tensor:
     """s_mu: mean of the k = min(b, d) singular values of the row-normalized matrix.
 
     (b, d) -> (). ``normalize=False`` skips the l2 normalization (rows already unit norm).
-    Computed from the k x k Gram matrix's eigenvalues (see ``_MeanSingularValue``): equal to
-    ``torch.linalg.svdvals(e).mean()`` to float32 precision, several times faster (``make
-    bench``), with finite gradients for a collapsed, rank-one embedding.
+    Computed from the k x k Gram matrix's eigenvalues, in float32 when the spectrum is
+    well-conditioned and in float64 otherwise (see ``_MeanSingularValue``): equal to
+    ``torch.linalg.svdvals(e).mean()`` to float32 precision, several times faster for b << d
+    (``make bench``), with finite gradients for a collapsed, rank-one embedding.
     """
     _check_2d(e, "e")
     if normalize:
