@@ -107,13 +107,15 @@ def write_cifar100(dir_: Path, train_per_class: int = 2, test_per_class: int = 1
 
 def write_stl10(dir_: Path, train_per_class: int = 3, test_per_class: int = 2) -> Path:
     """``dir_/stl10_binary/``: *_X.bin (uint8, each channel stored column-major as STL-10 does),
-    *_y.bin (labels 1..10) and class_names.txt."""
+    *_y.bin (labels 1..10), unlabeled_X.bin (20 images) and class_names.txt."""
     out = dir_ / "stl10_binary"
     out.mkdir(parents=True, exist_ok=True)
     for split, (x, y) in (("train", colour_split(10, train_per_class, 96, 0)),
                           ("test", colour_split(10, test_per_class, 96, 1))):
         (out / f"{split}_X.bin").write_bytes(np.ascontiguousarray(x.transpose(0, 1, 3, 2)).tobytes())
         (out / f"{split}_y.bin").write_bytes((y + 1).astype(np.uint8).tobytes())
+    unlabeled, _ = colour_split(10, 2, 96, 2)  # 20 images, stored like the labelled ones
+    (out / "unlabeled_X.bin").write_bytes(np.ascontiguousarray(unlabeled.transpose(0, 1, 3, 2)).tobytes())
     (out / "class_names.txt").write_text("".join(f"class{c}\n" for c in range(10)))
     return dir_
 

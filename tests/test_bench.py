@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from embreg.bench import AGREEMENT_TOL, QUICK_SIZES, run_bench
 
@@ -74,3 +75,16 @@ def test_module_runs_as_a_command(tmp_path: Path) -> None:
     assert "[bench] wrote" in proc.stderr
     assert json.loads((out / "bench.json").read_text())["targets"]
     assert (out / "BENCH.md").read_text().startswith("# Benchmark")
+
+
+@pytest.mark.parametrize("profile", ["cifar10", "imagenet"])
+def test_gpu_setting_runs_fp32_and_bf16_small_on_cpu(profile):
+    """The GPU measurement's code path, run tiny on the CPU: both precisions, the profile's
+    photometric augmentation included, each with its own config (bf16 really is bf16)."""
+    from embreg.bench import gpu_setting
+
+    extra = ["optim.batch_size=4", "backbone.projector=[16,16]", "dataset.image_size=32"]
+    out = gpu_setting(profile, 1, 1, torch.Generator().manual_seed(0), device="cpu", extra=extra)
+    assert out["batch"] == 4 and out["image_size"] == 32
+    for name in ("fp32", "bf16"):
+        assert out[name]["images_per_sec"] > 0 and out[name]["peak_memory_mb"] > 0

@@ -37,7 +37,7 @@ from embreg.models import build_model
 from embreg.objective import ssl_loss
 from embreg.optim import build_optimizer
 from embreg.params import REPO_ROOT, compose_run
-from embreg.pretrain import augment_spec, pretrain
+from embreg.pretrain import augment_spec, peak_memory_mb, pretrain
 from embreg.regularizers import covariance_term, mean_singular_value, spectrum_precision, variance_term
 
 # (b, d, speed-up target of SVMax over the svd reference)
@@ -49,6 +49,8 @@ THROUGHPUT_TARGET = 0.85  # pretraining images/s over the bare model's
 LAYERS_TARGET = 1.25  # all-layer step time over last-layer
 LAYER_PAIRS = [("vicreg", "vicreg_all"), ("svmax", "svmax_all")]
 GPU_PROFILES = ["cifar10", "imagenet"]
+# one GPU's share of the profile's batch: ImageNet's 2048 is meant for 8 GPUs
+GPU_OVERRIDES = {"imagenet": ["optim.batch_size=256"]}
 NO_GPU = "no GPU on this machine"
 
 Measure = Callable[[], float]  # one measurement: returns seconds
@@ -261,40 +263,48 @@ def layer_pair(last: str, all_: str, batch: int, steps: int, extra: list[str], r
 # --- 4. GPU ------------------------------------------------------------------------------------
 
 
-def gpu_setting(profile: str, steps: int, repeats: int, gen: torch.Generator) -> dict[str, Any] | str:
-    """fp32 against bf16 autocast pretraining steps for a profile, or "not available"."""
-    try:
-        cfg = compose_run(profile, ["objective=vicreg", "pretrain.epochs=1", f"pretrain.steps_per_epoch={steps}"])
-    except Exception as exc:  # the profile does not exist (yet): record, do not fail the bench
-        log(f"gpu {profile}: not available ({type(exc).__name__})")
-        return f"not available ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+def gpu_setting(profile: str, steps: int, repeats: int, gen: torch.Generator, device: str = "cuda",
+                extra: list[str] | None = None) -> dict[str, Any] | str:
+    """fp32 against bf16 autocast pretraining steps (augmentation on the GPU included) for a
+    profile at its per-GPU batch, or "not available". ``device`` and ``extra`` overrides let
+    the tests run it small on a CPU."""
     from embreg.pretrain import train_step
 
-    device = torch.device("cuda")
-    batch = cfg.optim.batch_size
-    x = random_split(batch, cfg, gen).images.to(device)
-    y = torch.zeros(batch, dtype=torch.long, device=device)
-    norm = Normalizer(cfg.dataset.mean, cfg.dataset.std)
-    out: dict[str, Any] = {"batch": batch, "image_size": cfg.dataset.image_size}
-    for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
-        model = build_model(cfg.backbone, cfg.dataset.in_channels, cfg.dataset.num_classes).to(device)
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    out: dict[str, Any] = {}
+    for name in ("fp32", "bf16"):
+        try:
+            cfg = compose_run(profile, ["objective=vicreg", "pretrain.epochs=1", f"pretrain.steps_per_epoch={steps}",
+                                        f"pretrain.precision={name}", f"profile.device={device}",
+                                        *GPU_OVERRIDES.get(profile, []), *(extra or [])])
+        except Exception as exc:  # the profile does not exist (yet): record, do not fail the bench
+            log(f"gpu {profile}: not available ({type(exc).__name__})")
+            return f"not available ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        batch = cfg.optim.batch_size
+        x = random_split(batch, cfg, gen).images.to(dev)
+        y = torch.zeros(batch, dtype=torch.long, device=dev)
+        norm = Normalizer(cfg.dataset.mean, cfg.dataset.std)
+        out.update(batch=batch, image_size=cfg.dataset.image_size)
+        model = build_model(cfg.backbone, cfg.dataset.in_channels, cfg.dataset.num_classes).to(dev)
         optimizer = build_optimizer(model, cfg.optim)
 
-        def step(model=model, optimizer=optimizer, dtype=dtype) -> None:
-            with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
-                loss, _ = train_step(model, x, y, cfg, norm, torch.Generator().manual_seed(0))
+        def step(model=model, optimizer=optimizer, cfg=cfg, x=x, y=y, norm=norm) -> None:
+            loss, _ = train_step(model, x, y, cfg, norm, torch.Generator().manual_seed(0))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
 
-        torch.cuda.reset_peak_memory_stats(device)
-        sec = interleaved({name: timed(step, torch.cuda.synchronize)}, repeats)[name]
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(dev)
+        sec = interleaved({name: timed(step, torch.cuda.synchronize) if cuda else timed(step)}, repeats)[name]
         out[name] = {"images_per_sec": batch / sec,
-                     "peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20}
+                     "peak_memory_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else peak_memory_mb(dev)}
         log(f"gpu {profile} {name}: {out[name]['images_per_sec']:.0f} img/s, "
             f"peak {out[name]['peak_memory_mb']:.0f} MiB")
-        del model, optimizer
-        torch.cuda.empty_cache()
+        del model, optimizer, x
+        if cuda:
+            torch.cuda.empty_cache()
     return out
 
 

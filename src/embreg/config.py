@@ -34,9 +34,20 @@ class DatasetConfig:
     # label fractions for semi-supervised evaluation; prepare writes one index file each
     subset_fractions: list[float] = field(default_factory=lambda: [0.01, 0.1])
     subset_seed: int = 0
-    # augmentation strength: random-resized-crop scale range for pretraining views
+    # pretrain the self-supervised arms on train + the dataset's unlabeled split (STL-10's 100k);
+    # the supervised baseline and the evaluations use the labelled train split only
+    pretrain_unlabeled: bool = False
+    # pretraining augmentation (embreg.data.augment.AugmentSpec): random-resized-crop scale range
     crop_scale: list[float] = field(default_factory=lambda: [0.25, 1.0])
     flip: bool = True  # garments are left/right symmetric; digits would not be
+    # colour jitter (probability 0.8, brightness and contrast 0.4, as in VICReg) plus saturation
+    # and hue, then grayscale, blur and solarization; blur and solarization are per view (the
+    # two views differ, as in BYOL / VICReg). 0 turns a transform off and draws nothing.
+    saturation: float = 0.0
+    hue: float = 0.0
+    grayscale_prob: float = 0.0
+    blur_prob: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    solarize_prob: list[float] = field(default_factory=lambda: [0.0, 0.0])
 
 
 @dataclass
@@ -107,6 +118,10 @@ class EvalConfig:
     probe_epochs: int = 100
     probe_lr: float = 0.02
     probe_batch_size: int = 256
+    # False: the classifier trains on cached features of the un-augmented images, standardized
+    # (small profiles); True: the official protocol, random-resized-crop + flip every epoch through
+    # the frozen backbone (eval mode), raw features, head initialized N(0, 0.01)
+    probe_augment: bool = False
     knn_k: list[int] = field(default_factory=lambda: [20, 200])
     knn_temperature: float = 0.07
     semi_supervised: bool = True
@@ -114,6 +129,8 @@ class EvalConfig:
     finetune_lr_backbone: list[float] = field(default_factory=lambda: [0.03, 0.01])
     finetune_lr_head: list[float] = field(default_factory=lambda: [0.08, 0.1])
     finetune_batch_size: int = 256
+    # random-resized-crop scale of the fine-tuning views (plus a flip); the official code: 0.08-1
+    finetune_crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])
     feature_batch_size: int = 1024
     spectrum_size: int = 64  # leading singular values kept for the spectra plot
 
@@ -190,6 +207,12 @@ class RunConfig:
         check_choice("precision", self.pretrain.precision, PRECISIONS)
         if self.optim.batch_size < 2:
             raise ValueError(f"optim.batch_size must be >= 2, got {self.optim.batch_size}")
+        if self.dataset.pretrain_unlabeled and DATASETS.get(self.dataset.name).unlabeled is None:
+            raise ValueError(f"dataset.pretrain_unlabeled: dataset {self.dataset.name!r} has no unlabeled split")
+        for key in ("blur_prob", "solarize_prob"):
+            probs = getattr(self.dataset, key)
+            if len(probs) != 2 or not all(0 <= p <= 1 for p in probs):
+                raise ValueError(f"dataset.{key} needs two probabilities in [0, 1] (one per view), got {probs}")
         n_frac = len(self.dataset.subset_fractions)
         for key in ("finetune_epochs", "finetune_lr_backbone", "finetune_lr_head"):
             if len(getattr(self.eval, key)) != n_frac:

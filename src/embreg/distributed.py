@@ -18,12 +18,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TypeVar
 
 import torch
 import torch.distributed as dist
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -96,21 +93,6 @@ def barrier() -> None:
     """Wait for every rank; a no-op without a process group."""
     if is_distributed():
         dist.barrier()
-
-
-def all_reduce_mean(x: float) -> float:
-    """A scalar's mean over ranks; the identity without a process group."""
-    return mean_over_ranks({"x": x})["x"]
-
-
-def broadcast_object(obj: T, src: int = 0) -> T:
-    """``src``'s picklable ``obj`` on every rank (e.g. a run directory chosen by rank 0);
-    the identity without a process group."""
-    if not is_distributed():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
 
 
 class _FullGather(torch.autograd.Function):

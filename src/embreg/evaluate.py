@@ -14,7 +14,7 @@ from torch import nn
 from tqdm import tqdm
 
 from embreg.config import EvalConfig
-from embreg.data import AugmentSpec, Normalizer, Split, augment
+from embreg.data import AugmentSpec, Normalizer, Split, augment, batch_images
 from embreg.metrics import collapse_metrics, spectrum
 from embreg.models import EmbeddingModel
 from embreg.optim import cosine_schedule
@@ -41,7 +41,7 @@ def extract(
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
     """Percent of samples whose label is among the top-k scores. logits (n, c), labels (n,)"""
-    top = logits.topk(max(ks), dim=1).indices
+    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices  # k >= classes: every label
     hit = top == labels[:, None]
     return {f"top{k}": 100.0 * float(hit[:, :k].any(dim=1).float().mean()) for k in ks}
 
@@ -75,6 +75,42 @@ def linear_probe(
         return topk_accuracy(clf(xte), test_y)
 
 
+def linear_probe_augmented(
+    model: EmbeddingModel, train: Split, test_x: torch.Tensor, test_y: torch.Tensor, norm: Normalizer,
+    num_classes: int, cfg: EvalConfig, seed: int, bf16: bool = False, progress: bool = False,
+) -> dict[str, float]:
+    """The official VICReg linear evaluation: a linear head on the frozen backbone (eval mode),
+    trained on random-resized-crop (0.08-1) + flip views every epoch, SGD m=0.9, wd 1e-6,
+    cosine, last epoch reported on the test features ``test_x`` (centre view)."""
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    clf = nn.Linear(model.backbone.feat_dim, num_classes)
+    nn.init.normal_(clf.weight, std=0.01, generator=gen)
+    nn.init.zeros_(clf.bias)
+    clf = clf.to(device)
+    opt = torch.optim.SGD(clf.parameters(), lr=cfg.probe_lr, momentum=0.9, weight_decay=1e-6)
+    spec = AugmentSpec(crop_scale=(0.08, 1.0), jitter_prob=0.0)
+    bs = min(cfg.probe_batch_size, len(train))
+    steps_per_epoch = max(1, len(train) // bs)
+    lrs = cosine_schedule(cfg.probe_lr, cfg.probe_epochs * steps_per_epoch)
+    model.eval()
+    for step in tqdm(range(len(lrs)), desc="linear probe", disable=not progress, leave=False):
+        if step % steps_per_epoch == 0:
+            perm = torch.randperm(len(train), generator=gen)
+        idx = perm[(step % steps_per_epoch) * bs : (step % steps_per_epoch + 1) * bs]
+        x = augment(batch_images(train.images, idx, device), spec, norm, gen, jitter_on=False)
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            feats = model.backbone(model.prepare_input(x)).float()
+        for g in opt.param_groups:
+            g["lr"] = lrs[step]
+        loss = F.cross_entropy(clf(feats), train.labels[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return topk_accuracy(clf(test_x.to(device)).cpu(), test_y)
+
+
 @torch.no_grad()
 def knn_accuracy(
     train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
@@ -100,7 +136,7 @@ def knn_accuracy(
 def finetune(
     model: EmbeddingModel, train: Split, test: Split, norm: Normalizer, num_classes: int,
     epochs: float, lr_backbone: float, lr_head: float, batch_size: int, seed: int,
-    progress: bool = False, desc: str = "finetune",
+    progress: bool = False, desc: str = "finetune", crop_scale: tuple[float, float] = (0.5, 1.0),
 ) -> dict[str, float]:
     """Semi-supervised protocol: backbone + a new linear head trained end to end on a label
     subset (SGD m=0.9, cosine, wd 0, random-resized-crop + flip), top-1/top-5 on test."""
@@ -112,7 +148,7 @@ def finetune(
         momentum=0.9, weight_decay=0.0,
     )
     gen = torch.Generator().manual_seed(seed)
-    spec = AugmentSpec(crop_scale=(0.5, 1.0), jitter_prob=0.0)
+    spec = AugmentSpec(crop_scale=crop_scale, jitter_prob=0.0)
     bs = min(batch_size, len(train))
     # epochs may be fractional (small profiles): the step budget is what is fixed
     total = max(1, round(epochs * len(train) / bs))
@@ -125,7 +161,7 @@ def finetune(
             perm, pos = torch.randperm(len(train), generator=gen), 0
         idx = perm[pos : pos + bs]
         pos += bs
-        x = augment(train.images[idx].to(device), spec, norm, gen, jitter_on=False)
+        x = augment(batch_images(train.images, idx, device), spec, norm, gen, jitter_on=False)
         for g, base in zip(opt.param_groups, (lr_backbone, lr_head), strict=True):
             g["lr"] = base * scale[step]
         loss = F.cross_entropy(head(net(model.prepare_input(x))), train.labels[idx].to(device))

@@ -222,17 +222,12 @@ def write_manifest(plan: Plan, results_dir: Path) -> dict[str, Any]:
     return manifest
 
 
-def _run_group(cmd: list[str], logf) -> int:
-    """Run one multirun in its own process group, so that stopping the sweep (Ctrl-C, or a
-    TERM from DVC) also stops the jobs it started instead of leaving them running."""
-    return _run_groups([cmd], logf)[0]
-
-
 def _run_groups(cmds: list[list[str]], logf, sweep: str | None = None, n_jobs: int = 0,
                 poll: float = 5.0) -> list[int]:
-    """Run multiruns side by side, each in its own process group, and wait for all (for a
-    SLURM ``sweep``, as long as the scheduler has its jobs); stopping the sweep stops them and
-    cancels the SLURM jobs of ``sweep``."""
+    """Run multiruns side by side, each in its own process group (so that stopping the sweep,
+    by Ctrl-C or a TERM from DVC, also stops the jobs they started), and wait for all; for a
+    SLURM ``sweep``, until the scheduler has none of its jobs active. Stopping the sweep stops
+    them and cancels the SLURM jobs of ``sweep``."""
     procs = []
     try:
         for cmd in cmds:
@@ -263,25 +258,23 @@ def _mark_queued(plan: Plan, jobs: list[Job], sweep: str) -> None:
                    {"run_id": run_id(cfg), "arm": cfg.arm, "seed": cfg.seed, "state": "queued", "sweep": sweep})
 
 
-def _wait_for_scheduler(sweep: str, poll: float) -> None:
-    """A multirun whose job was cancelled ends early (submitit raises on the first lost job);
-    the others of its array still run: wait until SLURM has none of the sweep's jobs active."""
-    while any(s in scheduler.ACTIVE for s in scheduler.jobs_named(sweep).values()):
-        time.sleep(poll)
-
-
 def _await_multiruns(procs: list[subprocess.Popen], sweep: str, n_jobs: int, poll: float) -> list[int]:
-    """Wait for the multiruns, but no longer than SLURM has work for them: a task cancelled
-    while pending vanishes from accounting, and submitit would wait for its result forever.
-    Once every job of the sweep has been seen and none is active (or none has been for a
-    minute), the multiruns still waiting are stopped; the run directories hold the results."""
+    """Wait for the multiruns and for SLURM to have none of the sweep's jobs active (a
+    multirun whose job was cancelled ends early, while the rest of its array still runs), but
+    no longer than SLURM has work for them: a task cancelled while pending vanishes from
+    accounting, and submitit would wait for its result forever. Once every job of the sweep
+    has been seen and none is active (or none has been for a minute), the multiruns still
+    waiting are stopped; the run directories hold the results."""
     seen: set[str] = set()
     idle_since: float | None = None
-    while any(p.poll() is None for p in procs):
+    while True:
         jobs = scheduler.jobs_named(sweep)
         seen |= set(jobs)
+        waiting = any(p.poll() is None for p in procs)
         if any(s in scheduler.ACTIVE for s in jobs.values()):
             idle_since = None
+        elif not waiting:
+            break
         else:
             idle_since = idle_since or time.monotonic()
             idle = time.monotonic() - idle_since
@@ -308,15 +301,16 @@ def reconcile(plan: Plan, sweep: str) -> dict[Job, str]:
     unclaimed = sorted({v for k, v in sched.items() if k not in claimed})
     lost = {}
     for job, st in statuses.items():
-        if st.get("state") not in ("queued", "running", "interrupted") or st.get("sweep", sweep) != sweep:
+        if st.get("state") not in scheduler.IN_FLIGHT or st.get("sweep", sweep) != sweep:
             continue
         job_id = st.get("slurm_job_id")
         if job_id:
-            verdict = sched.get(job_id, "")
-            if verdict in scheduler.ACTIVE:
+            # the sweep's jobs are all over: no record now means the job is gone too
+            verdict = sched.get(job_id, "UNKNOWN")
+            state = scheduler.overruled(st["state"], verdict)
+            if state is None:
                 continue  # requeued or running again: not lost
-            state = verdict.lower() if verdict in scheduler.LOST else "failed"
-            error = f"SLURM job {job_id} ended {verdict or 'unknown to the scheduler'} before the run did"
+            error = f"SLURM job {job_id} ended {verdict if verdict != 'UNKNOWN' else 'unknown to the scheduler'} before the run did"
         else:
             state = "cancelled" if set(unclaimed) <= {"CANCELLED"} else "failed"
             verdict = ", ".join(unclaimed) or "cancelled while pending: no record left"
@@ -342,14 +336,13 @@ def launch(plan: Plan, params: PipelineParams, log: Path, poll: float = 5.0) -> 
         with open(log, "a") as logf:
             if params.launcher != "slurm":
                 watcher.start()
-                return max(_run_group(cmd, logf) for cmd in cmds)  # one after another
+                return max(_run_groups([cmd], logf)[0] for cmd in cmds)  # one after another
             sweep = f"embreg-{plan.profile}-{secrets.token_hex(4)}"
             _mark_queued(plan, todo, sweep)
             watcher.start()
             # the arrays are submitted at once and wait side by side: SLURM schedules them
             worst = max(_run_groups([[*cmd, f"hydra.launcher.name={sweep}"] for cmd in cmds], logf, sweep,
                                     len(todo), poll))
-            _wait_for_scheduler(sweep, poll)
             reconcile(plan, sweep)
             return worst
     finally:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from embreg.config import RunConfig
-from embreg.data import AugmentSpec, Normalizer, Split, augment, two_views
+from embreg.data import AugmentSpec, Normalizer, Split, augment, batch_images, two_views
 from embreg.distributed import DistInfo, average_gradients, mean_over_ranks
 from embreg.io import save_checkpoint
 from embreg.models import EmbeddingModel
@@ -69,7 +69,10 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def augment_spec(cfg: RunConfig) -> AugmentSpec:
-    return AugmentSpec(crop_scale=tuple(cfg.dataset.crop_scale), flip=cfg.dataset.flip)
+    ds = cfg.dataset
+    return AugmentSpec(crop_scale=tuple(ds.crop_scale), flip=ds.flip, saturation=ds.saturation, hue=ds.hue,
+                       grayscale_prob=ds.grayscale_prob, blur_prob=tuple(ds.blur_prob),
+                       solarize_prob=tuple(ds.solarize_prob))
 
 
 def _rank_slice(x: torch.Tensor, dist: DistInfo) -> torch.Tensor:
@@ -184,7 +187,7 @@ def pretrain(
             t0 = time.perf_counter()
             set_lr(optimizer, lrs[st.step])
             idx = st.stream.next(cfg.optim.batch_size, gen)
-            x, y = train.images[idx].to(device), train.labels[idx].to(device)
+            x, y = batch_images(train.images, idx, device), train.labels[idx].to(device)
             try:
                 loss, terms = train_step(model, x, y, cfg, norm, gen, dist)
                 terms = mean_over_ranks(terms)  # the same on every rank: all stop together
@@ -212,5 +215,7 @@ def pretrain(
             if signals.pending:
                 signals.forward_pending()
     bar.close()
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):  # the last update blew up
+        raise DivergedError(f"weights are not finite after the last step ({st.step})")
     return {"history": st.history, "cost": cost_summary(st.step_times, cfg.optim.batch_size, device),
             "resumed_at": st.resumed_at}

@@ -19,9 +19,16 @@ import torch
 import yaml
 
 from embreg.config import RunConfig
-from embreg.data import Normalizer, Split, load_split, read_index_file, subset_name
+from embreg.data import Normalizer, Split, load_split, load_unlabeled, read_index_file, subset_name
 from embreg.distributed import DistInfo, barrier, init_from_env
-from embreg.evaluate import collapse_report, extract, finetune, knn_accuracy, linear_probe
+from embreg.evaluate import (
+    collapse_report,
+    extract,
+    finetune,
+    knn_accuracy,
+    linear_probe,
+    linear_probe_augmented,
+)
 from embreg.io import code_hash, git_revision, read_json, write_json, write_text
 from embreg.models import build_model
 from embreg.pretrain import DivergedError, pretrain
@@ -74,10 +81,6 @@ def is_finished(cfg: RunConfig, fingerprint: str | None = None) -> bool:
     return status.get("state") == DONE and status.get("fingerprint") == fp
 
 
-def _subset(split: Split, idx: torch.Tensor) -> Split:
-    return Split(images=split.images[idx], labels=split.labels[idx])
-
-
 def evaluate_model(cfg: RunConfig, model, train: Split, test: Split) -> tuple[dict, dict]:
     """All evaluations of DESIGN.md for one model. Returns (metrics, spectra)."""
     ev, ds = cfg.eval, cfg.dataset
@@ -85,11 +88,15 @@ def evaluate_model(cfg: RunConfig, model, train: Split, test: Split) -> tuple[di
     probe = train
     if ev.probe_train_size and ev.probe_train_size < len(train):
         # the same probe subset for every run (fixed seed), so arms are compared on equal data
-        probe = _subset(train, torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[: ev.probe_train_size])
+        probe = train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[: ev.probe_train_size])
     ftr = extract(model, probe, norm, ev.feature_batch_size)
     fte = extract(model, test, norm, ev.feature_batch_size, taps=True)
     out: dict[str, Any] = {}
-    lin = linear_probe(ftr["backbone"], probe.labels, fte["backbone"], test.labels, ds.num_classes, ev, cfg.seed)
+    if ev.probe_augment:  # the official protocol: augmented views through the frozen backbone
+        lin = linear_probe_augmented(model, probe, fte["backbone"], test.labels, norm, ds.num_classes, ev,
+                                     cfg.seed, cfg.pretrain.precision == "bf16", cfg.runtime.progress)
+    else:
+        lin = linear_probe(ftr["backbone"], probe.labels, fte["backbone"], test.labels, ds.num_classes, ev, cfg.seed)
     out.update({f"linear_{k}": v for k, v in lin.items()})
     out.update(knn_accuracy(ftr["backbone"], probe.labels, fte["backbone"], test.labels,
                             ds.num_classes, list(ev.knn_k), ev.knn_temperature))
@@ -104,10 +111,11 @@ def evaluate_model(cfg: RunConfig, model, train: Split, test: Split) -> tuple[di
         root = Path(cfg.paths.data) / ds.name / "subsets"
         for i, frac in enumerate(ds.subset_fractions):
             name = subset_name(frac)
-            sub = _subset(train, read_index_file(root / f"{name}.txt"))
+            sub = train.subset(read_index_file(root / f"{name}.txt"))
             res = finetune(start, sub, test, norm, ds.num_classes, ev.finetune_epochs[i],
                            ev.finetune_lr_backbone[i], ev.finetune_lr_head[i],
-                           ev.finetune_batch_size, cfg.seed, cfg.runtime.progress, desc=name)
+                           ev.finetune_batch_size, cfg.seed, cfg.runtime.progress, desc=name,
+                           crop_scale=tuple(ev.finetune_crop_scale))
             key = name.replace("train_", "semi_")
             out.update({f"{key}_{k}": v for k, v in res.items()})
     return out, spectra
@@ -155,6 +163,16 @@ def run_one(cfg: RunConfig) -> dict[str, Any]:
     return status
 
 
+def pretraining_split(cfg: RunConfig, train: Split) -> Split:
+    """What the arm pretrains on: the labelled train split, plus the unlabeled images (label -1)
+    for self-supervised arms when ``dataset.pretrain_unlabeled``."""
+    if not (cfg.dataset.pretrain_unlabeled and cfg.objective.kind == "ssl"):
+        return train
+    extra = load_unlabeled(cfg.paths.data, cfg.dataset.name)
+    return Split(images=torch.cat([train.images, extra]),
+                 labels=torch.cat([train.labels, torch.full((len(extra),), -1, dtype=torch.long)]))
+
+
 def _train_and_evaluate(cfg: RunConfig, rd: Path, fp: str, dist: DistInfo) -> dict[str, Any]:
     if cfg.runtime.threads > 0:
         torch.set_num_threads(cfg.runtime.threads)
@@ -162,8 +180,8 @@ def _train_and_evaluate(cfg: RunConfig, rd: Path, fp: str, dist: DistInfo) -> di
     if device.type == "cuda" and dist.world_size > 1:
         device = torch.device("cuda", torch.cuda.current_device())  # set by init_from_env
     ds = cfg.dataset
-    train = load_split(cfg.paths.data, ds.name, train=True)
-    test = load_split(cfg.paths.data, ds.name, train=False)
+    train = load_split(cfg.paths.data, ds.name, train=True, image_size=ds.image_size)
+    test = load_split(cfg.paths.data, ds.name, train=False, image_size=ds.image_size)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.backbone, ds.in_channels, ds.num_classes).to(device)
     if device.type == "cuda" and dist.world_size > 1:  # BN statistics over the global batch
@@ -175,7 +193,8 @@ def _train_and_evaluate(cfg: RunConfig, rd: Path, fp: str, dist: DistInfo) -> di
     metrics: dict[str, Any] = {}
     t0 = time.time()
     if cfg.objective.kind != "none":
-        result = pretrain(cfg, model, train, ckpt, cfg.runtime.progress, fingerprint=fp, dist=dist)
+        result = pretrain(cfg, model, pretraining_split(cfg, train), ckpt, cfg.runtime.progress, fingerprint=fp,
+                          dist=dist)
         if not dist.is_main:  # rank 0 evaluates
             return {}
         write_json(rd / "history.json", result["history"])

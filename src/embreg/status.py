@@ -26,7 +26,6 @@ from embreg.registry import UnknownNameError
 from embreg.run import read_status, run_dir
 
 STATES = ("done", "running", "queued", "failed", "diverged", "cancelled", "stale", "missing")
-IN_FLIGHT = frozenset({"running", "queued", "interrupted"})  # file states a lost job can no longer update
 ERROR_WIDTH = 80
 
 
@@ -56,8 +55,7 @@ def _apply_scheduler(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         sched = known.get(row["slurm_job_id"] or "")
         row["scheduler"] = sched
-        if sched in scheduler.LOST and row["state"] in IN_FLIGHT:
-            row["state"] = sched.lower()
+        row["state"] = scheduler.overruled(row["state"], sched) or row["state"]
 
 
 def count_table(rows: list[dict[str, Any]]) -> str:

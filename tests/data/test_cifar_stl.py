@@ -14,7 +14,7 @@ import pytest
 import torch
 import torchvision
 
-from embreg.data import DATASETS, DataUnavailableError, load_split, read_index_file
+from embreg.data import DATASETS, DataUnavailableError, load_split, load_unlabeled, read_index_file
 from embreg.data.prepare import card_markdown, check_dataset_key, prepare
 from embreg.params import compose_run
 from tests.conftest import as_archive, colour_split, repro_copy, write_cifar10, write_cifar100, write_stl10
@@ -109,8 +109,8 @@ def test_incomplete_mirror_names_the_missing_file(tmp_path):
 
 
 def test_unknown_dataset_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="valid: cifar10, cifar100, fashion_mnist, stl10"):
-        DATASETS.get("imagenet")
+    with pytest.raises(ValueError, match="valid: cifar10, cifar100, fashion_mnist, imagenet, imagenet100, stl10"):
+        DATASETS.get("imagenet21k")
 
 
 def test_params_dataset_must_match_the_profile():
@@ -149,3 +149,32 @@ def test_profile_repro_writes_tables(tmp_path, name):
         assert (res / "tables" / f"{table}.md").stat().st_size > 0, table
     assert np.isfinite(summary["vicreg"]["linear_top1"])
     print(f"{name}: dvc repro {time.time() - t0:.0f} s")
+
+
+def test_stl10_unlabeled_split_is_kept_and_read(tmp_path):
+    """unlabeled_X.bin is prepared (the card counts it) and reads back in the labelled splits'
+    orientation; the pretraining split of an SSL arm is train + unlabeled with label -1, while
+    the supervised baseline keeps to the labelled images."""
+    from embreg.run import pretraining_split
+
+    card = _prepare("stl10", write_stl10(tmp_path / "m"), tmp_path / "data")
+    assert card["unlabeled"] == {"size": 20} and "unlabeled_X.bin" in " ".join(card["raw_md5"])
+    assert "unlabeled 20 (pretraining only)" in card_markdown(card)
+    extra = load_unlabeled(tmp_path / "data", "stl10")
+    expected, _ = colour_split(10, 2, 96, 2)
+    assert extra.dtype == torch.uint8 and torch.equal(extra, torch.from_numpy(expected))
+    train = load_split(tmp_path / "data", "stl10", train=True)
+    ssl = compose_run("stl10", [f"paths.data={tmp_path / 'data'}", "objective=vicreg"])
+    pre = pretraining_split(ssl, train)
+    assert len(pre) == len(train) + 20 and (pre.labels[len(train):] == -1).all()
+    assert torch.equal(pre.images[: len(train)], train.images)
+    sup = compose_run("stl10", [f"paths.data={tmp_path / 'data'}", "objective=supervised"])
+    assert pretraining_split(sup, train) is train
+
+
+def test_pretrain_unlabeled_needs_a_dataset_that_has_one():
+    cfg = compose_run("cifar10", ["dataset.pretrain_unlabeled=true"])
+    with pytest.raises(ValueError, match="cifar10.*no unlabeled split"):
+        cfg.validate()
+    with pytest.raises(ValueError, match="those that do: stl10"):
+        load_unlabeled("data", "cifar10")

@@ -1,7 +1,9 @@
-"""Datasets through torchvision's loaders, held in memory as uint8 tensors.
+"""Datasets through torchvision's loaders, held in memory as uint8 tensors; ImageNet and
+ImageNet-100 stream from the user's ImageNet folder (``LazyImages``).
 
 ``prepare`` makes a dataset available under ``<data_dir>/<name>/`` (torchvision's own on-disk
-layout), writes the label-subset index files and a dataset card; ``load_split`` reads it back.
+layout; for ImageNet, index files pointing into the user's folder), writes the label-subset
+index files and a dataset card; ``load_split`` reads it back.
 """
 
 from __future__ import annotations
@@ -13,13 +15,20 @@ import pickle
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Callable
+import urllib.request
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 import torchvision
 
+from embreg.data.imagefolder import LazyImages, default_threads, image_size
+from embreg.data.subsets import subset_name
 from embreg.registry import Registry
 
 DATASETS: Registry = Registry("dataset")
@@ -31,11 +40,16 @@ class DataUnavailableError(RuntimeError):
 
 @dataclass
 class Split:
-    images: torch.Tensor  # (n, c, h, w) uint8
+    images: torch.Tensor | LazyImages  # (n, c, h, w) uint8, or files decoded on demand
     labels: torch.Tensor  # (n,) int64
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    def subset(self, idx: torch.Tensor | np.ndarray | Sequence[int] | slice) -> Split:
+        """The samples at ``idx``; lazy images stay lazy (nothing is decoded)."""
+        images = self.images.take(idx) if isinstance(self.images, LazyImages) else self.images[idx]
+        return Split(images=images, labels=self.labels[idx])
 
 
 @dataclass
@@ -47,6 +61,13 @@ class DatasetSpec:
     raw_files: tuple[str, ...]  # files whose checksums the card records, relative to root
     # (root) -> whether the raw files match torchvision's published md5s; None: not recorded
     verify: Callable[[Path], bool] | None = None
+    # (root, train split, fraction) -> (sorted train indices, what the card records about them);
+    # None: prepare draws class-balanced seeded subsets (``balanced_subset``)
+    subsets: Callable[[Path, Split, float], tuple[np.ndarray, dict[str, Any]]] | None = None
+    # (root) -> the folder the images are read from, for datasets referenced there, not copied
+    source: Callable[[Path], str] | None = None
+    # (root) -> unlabeled uint8 images (n, c, h, w) for pretraining (STL-10's 100k); None: none
+    unlabeled: Callable[[Path], torch.Tensor] | None = None
 
 
 FMNIST_FILES = (
@@ -137,8 +158,7 @@ class _CIFAR100(_UncheckedCIFAR, torchvision.datasets.CIFAR100):
 
 
 class _STL10(torchvision.datasets.STL10):
-    """torchvision's STL10 without its md5 check (see ``_UncheckedCIFAR``); it would also
-    demand the 2.6 GB unlabeled split, which the labelled train/test splits do not need."""
+    """torchvision's STL10 without its md5 check (see ``_UncheckedCIFAR``)."""
 
     def _check_integrity(self) -> bool:
         return True
@@ -204,7 +224,7 @@ def _from_archive_mirror(ds: Archive, mirror: Path, root: Path) -> bool:
 
 
 def _keep_only(folder: Path, files: tuple[str, ...]) -> None:
-    """Drop what the dataset card does not describe (e.g. STL-10's 2.6 GB unlabeled split)."""
+    """Drop what the dataset card does not describe (e.g. the archive's Matlab copies)."""
     for path in folder.iterdir():
         if path.name not in files:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -229,13 +249,19 @@ def _read_stl10(root: Path, train: bool) -> Split:
     return Split(images=torch.from_numpy(ds.data).contiguous(), labels=torch.from_numpy(ds.labels).long())
 
 
-def _register_archive(name: str, ds: Archive, read: Callable[[Path, bool], Split]) -> None:
+def _read_stl10_unlabeled(root: Path) -> torch.Tensor:
+    return torch.from_numpy(_STL10(str(root), split="unlabeled", download=False).data).contiguous()
+
+
+def _register_archive(name: str, ds: Archive, read: Callable[[Path, bool], Split],
+                      unlabeled: Callable[[Path], torch.Tensor] | None = None) -> None:
     DATASETS.register(name)(
         DatasetSpec(
             fetch=lambda root, mirror: _fetch_archive(ds, name, root, mirror),
             read=read,
             raw_files=tuple(f"{ds.folder}/{f}" for f in ds.files),
             verify=lambda root: _verify(ds, root),
+            unlabeled=unlabeled,
         )
     )
 
@@ -245,24 +271,252 @@ _register_archive("cifar10", Archive("CIFAR-10", _CIFAR10, (*CIFAR_BATCHES, "tes
                   _read_cifar(_CIFAR10))
 _register_archive("cifar100", Archive("CIFAR-100", _CIFAR100, ("train", "test", "meta")), _read_cifar(_CIFAR100))
 _register_archive("stl10", Archive("STL-10", _STL10, ("train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin",
-                                                      "class_names.txt")), _read_stl10)
+                                                      "unlabeled_X.bin", "class_names.txt")),
+                  _read_stl10, _read_stl10_unlabeled)
+
+
+# ImageNet: nothing is copied. The prepared directory holds index files into the user's folder
+# (train/<wnid>/*.JPEG, val/<wnid>/*.JPEG; the test split is val), and for ImageNet SimCLR's
+# label-subset lists.
+IMAGENET_INDEX = ("source.txt", "classes.txt", "train.tsv", "val.tsv")
+IMAGENET_LAYOUT = "a folder with train/<wnid>/*.JPEG and val/<wnid>/*.JPEG"
+IMAGENET_ARCHIVES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", "ILSVRC2012_devkit_t12.tar.gz")
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+SIMCLR_DIR = "simclr"  # in the prepared directory
+SIMCLR_MIRROR_DIRS = ("simclr_subsets", "imagenet_subsets")  # where the lists may sit in the user's folder
+SIMCLR_URL = "https://raw.githubusercontent.com/google-research/simclr/master/imagenet_subsets/{}"
+# subset -> (file, names, sha256); the sha256s are those tensorflow_datasets records for these
+# URLs (tensorflow_datasets/url_checksums/imagenet2012_subset.txt: 260323 and 2603168 bytes)
+SIMCLR_LISTS = {
+    "train_1pct": ("1percent.txt", 12811, "71e82a48ba78252683ae334c4d019ebd5c6e855b9599c1389fbe83eb9549cf17"),
+    "train_10pct": ("10percent.txt", 128116, "6d09de11e7bdaf5b1f3b1f249b6183695f97310cdd20f0c03e7235b6b9392091"),
+}
+FULL_IMAGENET = 1_000_000  # a train split larger than this is the real ImageNet: SimCLR's lists are enforced
+HEADER_CHUNK = 1024  # image headers read per thread-pool task
+
+
+def imagenet100_classes() -> list[str]:
+    """The 100 wnids of CMC's ImageNet-100 (``imagenet100_classes.txt``), in the file's order."""
+    text = resources.files("embreg.data").joinpath("imagenet100_classes.txt").read_text()
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def _imagenet_folder(name: str, mirror: str | None) -> Path:
+    """The user's ImageNet folder, checked for train/ and val/; else a one-line error saying
+    what to do."""
+    if not mirror:
+        raise DataUnavailableError(
+            f"ImageNet cannot be downloaded: set data.mirrors.{name} in params.yaml to {IMAGENET_LAYOUT}")
+    src = Path(mirror).expanduser().resolve()
+    if not src.is_dir():
+        raise DataUnavailableError(
+            f"ImageNet folder {src} does not exist (ImageNet cannot be downloaded): set data.mirrors.{name} "
+            f"in params.yaml to {IMAGENET_LAYOUT}")
+    missing = [f"{d}/" for d in ("train", "val") if not (src / d).is_dir()]
+    if missing and any((src / a).is_file() for a in IMAGENET_ARCHIVES):
+        raise DataUnavailableError(
+            f"{src} holds official ILSVRC2012 archives but no {' or '.join(missing)}: with all of "
+            f"{', '.join(IMAGENET_ARCHIVES)} there, torchvision.datasets.ImageNet(root, split='train') and "
+            "(root, split='val') extract them once (needs scipy) into train/<wnid>/ and val/<wnid>/")
+    if missing:
+        raise DataUnavailableError(
+            f"ImageNet folder {src} has no {' or '.join(missing)}; data.mirrors.{name} must be {IMAGENET_LAYOUT}")
+    return src
+
+
+def _class_dirs(folder: Path) -> set[str]:
+    return {e.name for e in os.scandir(folder) if e.is_dir()}
+
+
+def _first(names: Sequence[str], k: int = 10) -> str:
+    return ", ".join(names[:k]) + (", ..." if len(names) > k else "")
+
+
+def _imagenet_classes(src: Path, keep: list[str] | None) -> list[str]:
+    """The sorted wnids: every train/ class folder, or ``keep`` (which must all be there); val/
+    must hold the same ones (extra val/ folders are an error unless ``keep`` drops them)."""
+    found = _class_dirs(src / "train")
+    if keep is not None:
+        missing = sorted(set(keep) - found)
+        if missing:
+            raise DataUnavailableError(
+                f"ImageNet-100: {src / 'train'} lacks {len(missing)} of its {len(keep)} classes: {_first(missing)}")
+        found = set(keep)
+    if not found:
+        raise DataUnavailableError(f"{src / 'train'} holds no class folders; it must be {IMAGENET_LAYOUT}")
+    val = _class_dirs(src / "val")
+    lacking, extra = sorted(found - val), sorted(val - found) if keep is None else []
+    if lacking or extra:
+        odd = ([f"lacks {len(lacking)}: {_first(lacking)}"] if lacking else []) + (
+            [f"has {len(extra)} that train/ lacks: {_first(extra)}"] if extra else [])
+        raise DataUnavailableError(
+            f"{src / 'val'} does not hold the class folders train/ does ({'; '.join(odd)}); it must be sorted "
+            "into val/<wnid>/ as torchvision.datasets.ImageNet(root, split='val') leaves it")
+    return sorted(found)
+
+
+def _list_images(src: Path, split: str, classes: list[str]) -> tuple[list[str], list[int]]:
+    """Relative paths (sorted within each class) and labels of ``split``'s images."""
+    files: list[str] = []
+    labels: list[int] = []
+    for label, wnid in enumerate(classes):
+        names = sorted(e.name for e in os.scandir(src / split / wnid)
+                       if e.is_file() and e.name.lower().endswith(IMAGE_SUFFIXES))
+        if not names:
+            raise DataUnavailableError(f"ImageNet folder {src}: {split}/{wnid}/ holds no images")
+        files += [f"{split}/{wnid}/{n}" for n in names]
+        labels += [label] * len(names)
+    return files, labels
+
+
+def _image_sizes(src: Path, files: list[str]) -> list[tuple[int, int]]:
+    """(width, height) of each file, from the headers, read in a thread pool."""
+
+    def chunk(part: list[str]) -> list[tuple[int, int]]:
+        out = []
+        for f in part:
+            try:
+                out.append(image_size(src / f))
+            except OSError as exc:  # PIL's UnidentifiedImageError included
+                raise DataUnavailableError(f"cannot read image {src / f} ({type(exc).__name__})") from None
+        return out
+
+    parts = [files[i : i + HEADER_CHUNK] for i in range(0, len(files), HEADER_CHUNK)]
+    with ThreadPoolExecutor(default_threads()) as pool:
+        return [wh for sizes in pool.map(chunk, parts) for wh in sizes]
+
+
+def _fetch_imagenet(name: str, keep: list[str] | None, root: Path, mirror: str | None) -> None:
+    """Write the index files for the user's ImageNet folder (``keep``: only these classes), and
+    for the full ImageNet copy SimCLR's subset lists."""
+    src = _imagenet_folder(name, mirror)
+    classes = _imagenet_classes(src, keep)
+    (root / "source.txt").write_text(f"{src}\n")
+    (root / "classes.txt").write_text("".join(f"{c}\n" for c in classes))
+    for split in ("train", "val"):
+        files, labels = _list_images(src, split, classes)
+        rows = zip(files, labels, _image_sizes(src, files), strict=True)
+        (root / f"{split}.tsv").write_text("".join(f"{f}\t{y}\t{w}\t{h}\n" for f, y, (w, h) in rows), encoding="utf-8")
+    if keep is None:
+        _fetch_simclr_lists(src, root / SIMCLR_DIR)
+
+
+def _fetch_simclr_lists(src: Path, out: Path) -> None:
+    """SimCLR's 1% and 10% lists from ``src/simclr_subsets/`` (or ``imagenet_subsets/``), else
+    downloaded from google-research/simclr."""
+    out.mkdir()
+    for file, _, _ in SIMCLR_LISTS.values():
+        local = [d / file for d in (src / s for s in SIMCLR_MIRROR_DIRS) if (d / file).is_file()]
+        if local:
+            shutil.copyfile(local[0], out / file)
+            continue
+        url = SIMCLR_URL.format(file)
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response:
+                (out / file).write_bytes(response.read())
+        except Exception as exc:  # noqa: BLE001 - any network failure means the same to the user
+            raise DataUnavailableError(
+                f"SimCLR's {file} is not in {src / SIMCLR_MIRROR_DIRS[0]}/ and its download from {url} failed "
+                f"({type(exc).__name__}); put google-research/simclr's imagenet_subsets/1percent.txt and "
+                f"10percent.txt in {src / SIMCLR_MIRROR_DIRS[0]}/") from None
+
+
+def _simclr_subset(root: Path, train: Split, fraction: float) -> tuple[np.ndarray, dict[str, Any]]:
+    """The train indices of the files SimCLR's list for ``fraction`` names (1% or 10%)."""
+    name = subset_name(fraction)
+    if name not in SIMCLR_LISTS:
+        raise ValueError(f"imagenet's label subsets are SimCLR's 1% and 10% lists; there is none for "
+                         f"subset fraction {fraction}")
+    file, count, published = SIMCLR_LISTS[name]
+    path = root / SIMCLR_DIR / file
+    digest, names = sha256(path), path.read_text().split()
+    if len(train) > FULL_IMAGENET and digest != published:
+        raise DataUnavailableError(
+            f"{file} is not SimCLR's published list ({len(names)} names, {count} expected; its sha256 "
+            f"differs); use google-research/simclr's imagenet_subsets/{file}")
+    assert isinstance(train.images, LazyImages)
+    position = {os.fsdecode(os.path.basename(f)): i for i, f in enumerate(train.images.files)}
+    missing = [n for n in names if n not in position]
+    if missing:
+        raise DataUnavailableError(
+            f"SimCLR's {file} names {len(missing)} files that are not in train/: {_first(missing, 3)}")
+    idx = np.unique([position[n] for n in names])
+    if len(idx) != len(names):
+        raise DataUnavailableError(f"SimCLR's {file} names {len(names) - len(idx)} files more than once")
+    return idx, {"list": f"{SIMCLR_DIR}/{file}", "list_sha256": digest, "published": digest == published}
+
+
+def _imagenet_source(root: Path) -> str:
+    return (root / "source.txt").read_text().strip()
+
+
+def _read_imagenet(root: Path, train: bool) -> Split:
+    src = Path(_imagenet_source(root))
+    if not src.is_dir():
+        raise DataUnavailableError(
+            f"the ImageNet folder {src} that {root} indexes is gone; restore it or prepare again")
+    lines = (root / ("train.tsv" if train else "val.tsv")).read_bytes().splitlines()
+    files, *columns = zip(*(line.split(b"\t") for line in lines), strict=True)
+    labels, widths, heights = np.array(columns, dtype=np.bytes_).astype(np.int64)
+    sizes = torch.from_numpy(np.stack([widths, heights], 1))
+    return Split(images=LazyImages(src, np.array(files, dtype=np.bytes_), sizes), labels=torch.from_numpy(labels))
+
+
+DATASETS.register("imagenet")(
+    DatasetSpec(
+        fetch=lambda root, mirror: _fetch_imagenet("imagenet", None, root, mirror),
+        read=_read_imagenet,
+        raw_files=(*IMAGENET_INDEX, *(f"{SIMCLR_DIR}/{f}" for f, _, _ in SIMCLR_LISTS.values())),
+        subsets=_simclr_subset,
+        source=_imagenet_source,
+    )
+)
+DATASETS.register("imagenet100")(
+    DatasetSpec(
+        fetch=lambda root, mirror: _fetch_imagenet("imagenet100", imagenet100_classes(), root, mirror),
+        read=_read_imagenet,
+        raw_files=IMAGENET_INDEX,
+        source=_imagenet_source,
+    )
+)
 
 
 def dataset_root(data_dir: str | Path, name: str) -> Path:
     return Path(data_dir) / name
 
 
-def load_split(data_dir: str | Path, name: str, train: bool) -> Split:
+def load_split(data_dir: str | Path, name: str, train: bool, image_size: int | None = None) -> Split:
+    """A prepared split. ``image_size`` sets the evaluation view of streamed (lazy) images;
+    in-memory datasets have their own fixed size."""
     root = dataset_root(data_dir, name)
     if not root.is_dir():
         raise DataUnavailableError(
             f"dataset {name!r} is not prepared under {root}; run `dvc repro prepare` first"
         )
-    return DATASETS.get(name).read(root, train)
+    split = DATASETS.get(name).read(root, train)
+    if image_size and isinstance(split.images, LazyImages):
+        split.images = split.images.with_crop(image_size)
+    return split
+
+
+def load_unlabeled(data_dir: str | Path, name: str) -> torch.Tensor:
+    """A prepared dataset's unlabeled images (uint8, n x c x h x w), for pretraining."""
+    spec = DATASETS.get(name)
+    if spec.unlabeled is None:
+        raise ValueError(f"dataset {name!r} has no unlabeled split; "
+                         f"those that do: {', '.join(n for n in DATASETS.names() if DATASETS.get(n).unlabeled)}")
+    return spec.unlabeled(dataset_root(data_dir, name))
 
 
 def md5(path: Path) -> str:
-    h = hashlib.md5()
+    return _digest(path, hashlib.md5())
+
+
+def sha256(path: Path) -> str:
+    return _digest(path, hashlib.sha256())
+
+
+def _digest(path: Path, h: Any) -> str:
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)

@@ -37,10 +37,13 @@ def prepare(data_dir: str | Path, cfg: DatasetConfig, mirror: str | None) -> dic
         subsets = {}
         for frac in cfg.subset_fractions:
             name = subset_name(frac)
-            idx = balanced_subset(train.labels, frac, cfg.subset_seed)
+            if spec.subsets is None:
+                idx, about = balanced_subset(train.labels, frac, cfg.subset_seed), {"seed": cfg.subset_seed}
+            else:  # the dataset's own published lists (ImageNet: SimCLR's)
+                idx, about = spec.subsets(root, train, frac)
             path = root / "subsets" / f"{name}.txt"
             write_index_file(path, idx)
-            subsets[name] = {"fraction": frac, "size": len(idx), "seed": cfg.subset_seed,
+            subsets[name] = {"fraction": frac, "size": len(idx), **about,
                              "per_class": _counts(train.labels[idx]), "md5": md5(path)}
         card.update({
             "dataset": cfg.name,
@@ -52,6 +55,10 @@ def prepare(data_dir: str | Path, cfg: DatasetConfig, mirror: str | None) -> dic
         })
         if spec.verify is not None:  # do the raw files match torchvision's published md5s?
             card["verified"] = spec.verify(root)
+        if spec.source is not None:  # images referenced in the user's folder, not copied
+            card["source"] = spec.source(root)
+        if spec.unlabeled is not None:  # extra images for pretraining (STL-10)
+            card["unlabeled"] = {"size": len(spec.unlabeled(root))}
 
     fetch_atomically(data_dir, cfg.name, mirror, finish)
     return card
@@ -62,18 +69,33 @@ def card_markdown(card: dict[str, Any]) -> str:
     tr, te = card["splits"]["train"], card["splits"]["test"]
     lines = [f"# Dataset card: {card['dataset']}", "",
              f"Image shape (c, h, w): {tuple(card['image_shape'])}. "
-             f"Train {tr['size']}, test {te['size']}.", "",
-             "| class | train | test | " + " | ".join(card["subsets"]) + " |",
-             "|---|---|---|" + "---|" * len(card["subsets"])]
+             f"Train {tr['size']}, test {te['size']}"
+             + (f", unlabeled {card['unlabeled']['size']} (pretraining only)." if "unlabeled" in card else "."), ""]
+    if "source" in card:
+        lines += [f"Images are referenced from `{card['source']}` (decoded on demand, not copied); "
+                  "the shape is the evaluation view (resize 256, centre crop 224).", ""]
+    lines += ["| class | train | test | " + " | ".join(card["subsets"]) + " |",
+              "|---|---|---|" + "---|" * len(card["subsets"])]
     for c in tr["per_class"]:
         subs = " | ".join(str(s["per_class"].get(c, 0)) for s in card["subsets"].values())
         lines.append(f"| {c} | {tr['per_class'][c]} | {te['per_class'].get(c, 0)} | {subs} |")
-    lines += ["", "Label subsets (class-balanced, seeded):", ""]
-    lines += [f"- `{n}`: {s['size']} images, seed {s['seed']}, md5 `{s['md5']}`" for n, s in card["subsets"].items()]
+    seeded = all("seed" in s for s in card["subsets"].values())
+    lines += ["", "Label subsets (class-balanced, seeded):" if seeded else "Label subsets (published lists):", ""]
+    lines += [f"- `{n}`: {s['size']} images, {_subset_origin(s)}, md5 `{s['md5']}`" for n, s in card["subsets"].items()]
     if "verified" in card:
         match = "match" if card["verified"] else "do NOT match (not the official release)"
         lines += ["", f"Raw files (md5; they {match} torchvision's published checksums):", ""]
+    elif "source" in card:
+        lines += ["", "Index files (md5):", ""]
     else:
         lines += ["", "Raw files (decompressed idx, md5):", ""]
     lines += [f"- `{f}`: `{h}`" for f, h in card["raw_md5"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _subset_origin(subset: dict[str, Any]) -> str:
+    """How a label subset was made: its seed, or the list it comes from."""
+    if "seed" in subset:
+        return f"seed {subset['seed']}"
+    match = "the published list" if subset["published"] else "NOT the published list"
+    return f"from `{subset['list']}` ({match}, sha256 `{subset['list_sha256']}`)"
