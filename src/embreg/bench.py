@@ -299,7 +299,7 @@ def gpu_setting(profile: str, steps: int, repeats: int, gen: torch.Generator, de
             torch.cuda.reset_peak_memory_stats(dev)
         sec = interleaved({name: timed(step, torch.cuda.synchronize) if cuda else timed(step)}, repeats)[name]
         out[name] = {"images_per_sec": batch / sec,
-                     "peak_memory_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else peak_memory_mb(dev)}
+                     "peak_memory_mb": peak_memory_mb(dev)}
         log(f"gpu {profile} {name}: {out[name]['images_per_sec']:.0f} img/s, "
             f"peak {out[name]['peak_memory_mb']:.0f} MiB")
         del model, optimizer, x
