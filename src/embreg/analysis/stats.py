@@ -1,0 +1,139 @@
+"""Statistics over seeds: per-cell mean with a Student-t interval, Welch's t-test, Holm's correction.
+
+Distributions come from ``scipy.stats`` (no hand-rolled quantiles). Every function takes plain
+sequences of per-seed values, drops ``None`` / NaN first (a missing seed is not a zero), and
+returns NaN where a quantity is undefined instead of raising: n = 1 has no interval, and a test
+needs at least two values per arm.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from scipy import stats as sps
+
+CONFIDENCE = 0.95
+ALPHA = 0.05
+
+
+def clean(values: Sequence[float | None]) -> list[float]:
+    """The finite values (None and NaN dropped: a seed without the metric contributes nothing)."""
+    return [float(v) for v in values if v is not None and not math.isnan(float(v))]
+
+
+@dataclass(frozen=True)
+class CellStats:
+    """Mean, 95% Student-t interval (n - 1 dof), sample std (ddof = 1) and n of one cell.
+
+    ``ci_low`` / ``ci_high`` / ``std`` are NaN below two values; all but ``n`` are NaN at n = 0.
+    """
+
+    mean: float
+    ci_low: float
+    ci_high: float
+    n: int
+    std: float
+
+    @property
+    def has_ci(self) -> bool:
+        return not math.isnan(self.ci_low)
+
+    def as_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def describe(values: Sequence[float | None], confidence: float = CONFIDENCE) -> CellStats:
+    """Mean with its ``confidence`` Student-t interval over the finite values."""
+    vals = clean(values)
+    n = len(vals)
+    if n == 0:
+        return CellStats(math.nan, math.nan, math.nan, 0, math.nan)
+    mean = math.fsum(vals) / n
+    if n == 1:
+        return CellStats(mean, math.nan, math.nan, 1, math.nan)
+    std = math.sqrt(math.fsum((v - mean) ** 2 for v in vals) / (n - 1))
+    if std == 0.0:  # scipy returns NaN for a zero scale; the interval of identical values is the point
+        return CellStats(mean, mean, mean, n, 0.0)
+    lo, hi = sps.t.interval(confidence, n - 1, loc=mean, scale=std / math.sqrt(n))
+    return CellStats(mean, float(lo), float(hi), n, std)
+
+
+@dataclass(frozen=True)
+class WelchTest:
+    """Welch's unequal-variance t-test of ``a - b``.
+
+    ``effect`` = mean(a) - mean(b); ``ci_low`` / ``ci_high`` its interval with the Welch-
+    Satterthwaite ``dof``; ``p`` two-sided. ``p`` is NaN when the test is undefined (fewer than
+    two values in an arm, or both arms without spread); ``effect`` is still given when both arms
+    have a value.
+    """
+
+    effect: float
+    ci_low: float
+    ci_high: float
+    t: float
+    dof: float
+    p: float
+    n_a: int
+    n_b: int
+
+    @property
+    def testable(self) -> bool:
+        return not math.isnan(self.p)
+
+
+def welch(a: Sequence[float | None], b: Sequence[float | None], confidence: float = CONFIDENCE) -> WelchTest:
+    """Welch's t-test of mean(a) - mean(b) (the same t, dof and p as scipy's ``ttest_ind(equal_var=False)``)."""
+    xa, xb = clean(a), clean(b)
+    na, nb = len(xa), len(xb)
+    nan = math.nan
+    if na == 0 or nb == 0:
+        return WelchTest(nan, nan, nan, nan, nan, nan, na, nb)
+    ma, mb = math.fsum(xa) / na, math.fsum(xb) / nb
+    effect = ma - mb
+    if na < 2 or nb < 2:
+        return WelchTest(effect, nan, nan, nan, nan, nan, na, nb)
+    va = math.fsum((v - ma) ** 2 for v in xa) / (na - 1) / na  # squared standard errors
+    vb = math.fsum((v - mb) ** 2 for v in xb) / (nb - 1) / nb
+    se = math.sqrt(va + vb)
+    if se == 0.0:
+        # scipy reports t = ±inf, p = 0 here; two or three identical seeds per arm are a saturated
+        # or quantized metric, not infinite evidence, so the difference is left untested
+        return WelchTest(effect, nan, nan, nan, nan, nan, na, nb)
+    dof = (va + vb) ** 2 / (va**2 / (na - 1) + vb**2 / (nb - 1))
+    t = effect / se
+    p = float(2.0 * sps.t.sf(abs(t), dof))
+    half = float(sps.t.ppf(0.5 + confidence / 2.0, dof)) * se
+    return WelchTest(effect, effect - half, effect + half, t, dof, p, na, nb)
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the input order.
+
+    NaN entries (untestable comparisons) are not part of the family: they stay NaN and do not
+    count in m. Sorted ascending, p_(i) becomes max_{j <= i} min(1, (m - j + 1) p_(j)); tied
+    p-values get the same adjusted value whatever their order.
+    """
+    idx = [i for i, p in enumerate(pvalues) if not math.isnan(p)]
+    order = sorted(idx, key=lambda i: pvalues[i])
+    m = len(order)
+    out = [math.nan] * len(pvalues)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        out[i] = running
+    return out
+
+
+def significant(p_adjusted: float, alpha: float = ALPHA) -> bool:
+    """Whether an adjusted p-value passes ``alpha`` (NaN never does)."""
+    return not math.isnan(p_adjusted) and p_adjusted < alpha
+
+
+def fmt_p(p: float) -> str:
+    """``0.012``; below 0.001 in scientific notation (``3.2e-05``); ``n/a`` when untested."""
+    if math.isnan(p):
+        return "n/a"
+    return f"{p:.3f}" if p >= 1e-3 else f"{p:.1e}"

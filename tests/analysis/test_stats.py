@@ -1,0 +1,96 @@
+"""The statistics against scipy.stats and against Holm's procedure computed by hand."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from embreg.analysis.stats import describe, fmt_p, holm, significant, welch
+
+SAMPLES = [
+    ([78.7, 78.1, 79.4], [75.2, 75.9, 75.6]),
+    ([10.0, 12.0], [11.0, 15.0, 9.0, 13.5]),
+    ([0.51, 0.52, 0.50, 0.55, 0.49], [0.40, 0.61]),
+]
+
+
+@pytest.mark.parametrize("values", [[80.0, 82.0], [78.7, 78.1, 79.4], [1.0, 2.0, 4.0, 8.0, 16.0]])
+def test_describe_equals_scipy_t_interval(values: list[float]) -> None:
+    s = describe(values)
+    n = len(values)
+    lo, hi = sps.t.interval(0.95, n - 1, loc=np.mean(values), scale=sps.sem(values))
+    assert (s.n, s.mean, s.std) == (n, pytest.approx(np.mean(values)), pytest.approx(np.std(values, ddof=1)))
+    assert (s.ci_low, s.ci_high) == (pytest.approx(lo, rel=1e-12), pytest.approx(hi, rel=1e-12))
+
+
+def test_describe_two_seeds_known_numbers() -> None:
+    # mean 81, std sqrt(2), sem 1, t_{0.975, 1} = 12.7062...
+    s = describe([80.0, 82.0])
+    assert s.ci_high - s.mean == pytest.approx(12.706204736174707)
+
+
+def test_describe_edge_cases() -> None:
+    one = describe([78.0])
+    assert (one.mean, one.n) == (78.0, 1) and math.isnan(one.ci_low) and math.isnan(one.std) and not one.has_ci
+    none = describe([])
+    assert none.n == 0 and math.isnan(none.mean)
+    # NaN / None are missing seeds, not values
+    assert describe([1.0, float("nan"), None, 3.0]) == describe([1.0, 3.0])
+    flat = describe([0.0, 0.0, 0.0])  # zero variance: the interval is the point, not NaN
+    assert (flat.mean, flat.ci_low, flat.ci_high, flat.std) == (0.0, 0.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize(("a", "b"), SAMPLES)
+def test_welch_equals_scipy(a: list[float], b: list[float]) -> None:
+    w = welch(a, b)
+    ref = sps.ttest_ind(a, b, equal_var=False)
+    ci = ref.confidence_interval(0.95)
+    assert w.effect == pytest.approx(np.mean(a) - np.mean(b))
+    assert (w.t, w.dof, w.p) == (pytest.approx(ref.statistic), pytest.approx(ref.df), pytest.approx(ref.pvalue))
+    assert (w.ci_low, w.ci_high) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    assert (w.n_a, w.n_b) == (len(a), len(b)) and w.testable
+
+
+def test_welch_edge_cases() -> None:
+    single = welch([78.0], [75.0, 76.0])  # n = 1: the difference is known, the test is not
+    assert single.effect == pytest.approx(2.5) and math.isnan(single.p) and not single.testable
+    empty = welch([], [1.0, 2.0])
+    assert math.isnan(empty.effect) and empty.n_a == 0
+    # both arms constant: scipy says t = -inf, p = 0; here it is left untested
+    flat = welch([1.0, 1.0], [2.0, 2.0])
+    assert flat.effect == -1.0 and not flat.testable
+    with warnings.catch_warnings():  # scipy warns about the zero variance it then divides by
+        warnings.simplefilter("ignore", RuntimeWarning)
+        assert sps.ttest_ind([1.0, 1.0], [2.0, 2.0], equal_var=False).pvalue == 0.0
+    # one arm constant, the other not: a regular test (scipy agrees)
+    half = welch([1.0, 1.0, 1.0], [2.0, 2.5, 3.0])
+    assert half.p == pytest.approx(sps.ttest_ind([1.0, 1.0, 1.0], [2.0, 2.5, 3.0], equal_var=False).pvalue)
+    nan = welch([1.0, float("nan"), 2.0, 3.0], [5.0, 6.0, None])  # type: ignore[list-item]
+    assert nan.p == pytest.approx(sps.ttest_ind([1.0, 2.0, 3.0], [5.0, 6.0], equal_var=False).pvalue)
+
+
+def test_holm_by_hand() -> None:
+    # m = 4: sorted 0.01, 0.02, 0.03, 0.04 -> 0.04, 0.06, 0.06 (running max of 0.06), 0.06 (max(0.06, 0.04))
+    assert holm([0.03, 0.01, 0.04, 0.02]) == pytest.approx([0.06, 0.04, 0.06, 0.06])
+    # capped at 1 and monotone
+    assert holm([0.5, 0.001, 0.3]) == pytest.approx([0.6, 0.003, 0.6])
+    assert holm([0.9, 0.8]) == pytest.approx([1.0, 1.0])
+
+
+def test_holm_ties_nan_and_empty() -> None:
+    # ties get the same adjusted value, whatever their order: 3 * 0.01 for both
+    assert holm([0.01, 0.01, 0.2]) == pytest.approx([0.03, 0.03, 0.2])
+    # untestable comparisons are outside the family: m = 2 here, not 3
+    out = holm([0.02, float("nan"), 0.04])
+    assert out[0] == pytest.approx(0.04) and math.isnan(out[1]) and out[2] == pytest.approx(0.04)
+    assert holm([]) == []
+    assert holm([0.049]) == [0.049]
+
+
+def test_significant_and_p_format() -> None:
+    assert significant(0.049) and not significant(0.05) and not significant(float("nan"))
+    assert (fmt_p(0.0123), fmt_p(1.5e-4), fmt_p(float("nan"))) == ("0.012", "1.5e-04", "n/a")
