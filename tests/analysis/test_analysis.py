@@ -1,4 +1,4 @@
-"""The analysis on a synthetic results directory with known numbers, failures and gaps."""
+"""The analysis on a synthetic results directory (tests/analysis/conftest.py) with known numbers."""
 
 from __future__ import annotations
 
@@ -6,123 +6,34 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
-import yaml
+from scipy import stats as sps
 
-from embreg.analysis.aggregate import fmt_mean_std, load_results, mean_std, sweep_points
+from embreg.analysis.aggregate import load_results, mean_std, sweep_points
+from embreg.analysis.collapse import random_batch_score, svmax_bounds
+from embreg.analysis.compare import ablation_pairs
 from embreg.analysis.plots import layer_matrix, loss_frame, mean_spectrum
+from embreg.analysis.readme import BEGIN, END, block_in, splice
 from embreg.analysis.report import analyze
+from embreg.analysis.stats import holm
+from tests.analysis.conftest import LAYER_SWEEP, RUNS
+from tests.analysis.helpers import SUPERSCRIPT, missing_from_summary
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-SUPERSCRIPT = "⁰¹²³⁴⁵⁶⁷⁸⁹"
-SEEDS = [0, 1]
-ABLATIONS = {
-    "anticollapse": {"title": "A. Anti-collapse term: SVMax vs VICReg's variance term", "question": "Which term?",
-                     "arms": ["inv_only", "vicreg_nocov", "var_l2", "svmax"],
-                     "sweeps": [("var_l2", "objective.variance"), ("svmax", "objective.svmax")]},
-    "covariance": {"title": "B. VICReg with and without its covariance term", "question": "What does cov add?",
-                   "arms": ["vicreg", "vicreg_nocov", "inv_only"], "sweeps": [("vicreg", "objective.covariance")]},
-    "layers": {"title": "C. Last layer vs every layer", "question": "At what cost?",
-               "arms": ["vicreg", "vicreg_all", "svmax", "svmax_all"], "sweeps": []},
-}
-# run_id -> per seed: (linear top-1, projector RankMe, s/step) for a finished seed, or (state, error)
-RUNS: dict[str, dict[int, tuple]] = {
-    "random_init": {0: (10.0, 5.0, None), 1: (12.0, 7.0, None)},
-    "supervised": {0: (90.0, 100.0, 0.1), 1: (92.0, 102.0, 0.1)},
-    "inv_only": {0: (20.0, 1.2, 0.1), 1: (22.0, 1.4, 0.1)},
-    "vicreg_nocov": {0: (70.0, 50.0, 0.1), 1: (72.0, 52.0, 0.1)},
-    "var_l2": {0: (78.0, 60.0, 0.1), 1: ("failed", "RuntimeError: CUDA out of memory\nTraceback ...")},
-    "svmax": {0: (80.0, 300.0, 0.2), 1: (82.0, 310.0, 0.2)},
-    "vicreg": {0: (84.0, 500.0, 0.1), 1: (86.0, 524.0, 0.1)},
-    "vicreg_all": {0: (83.0, 400.0, 0.3)},  # seed 1 missing: no directory at all
-    "svmax_all": {0: ("diverged", "loss is NaN at step 12"), 1: ("diverged", "loss is NaN at step 9")},
-    "var_l2@variance=0.1": {0: (60.0, 10.0, 0.1), 1: (62.0, 12.0, 0.1)},
-    "var_l2@variance=10.0": {0: (75.0, 70.0, 0.1), 1: (77.0, 72.0, 0.1)},
-    "svmax@svmax=0.1": {0: (50.0, 20.0, 0.2), 1: (54.0, 22.0, 0.2)},
-    # svmax@svmax=10.0: never ran
-    "vicreg@covariance=0.1": {0: (80.0, 450.0, 0.1), 1: (80.0, 450.0, 0.1)},
-    "vicreg@covariance=10.0": {0: (81.0, 480.0, 0.1), 1: (83.0, 482.0, 0.1)},
-}
-BASE_COEF = {"var_l2": ("variance", 1.0), "svmax": ("svmax", 1.0), "vicreg": ("covariance", 1.0)}
 
 
-def make_metrics(run_id: str, seed: int, top1: float, rankme: float, sec: float | None) -> dict[str, Any]:
-    """A metrics.json with known numbers; the untrained baseline lacks semi and cost keys."""
-    def emb(score: float, rank: float, dim: int) -> dict[str, float]:
-        return {"s_mu": 0.1 + 0.8 * score, "s_mu_lower": 0.1, "s_mu_upper": 0.9, "s_mu_score": score,
-                "rankme": rank, "frac_dead_dims": 0.0, "mean_abs_corr": 0.05, "dim": dim}
-
-    score = min(rankme / 512, 1.0)
-    m: dict[str, Any] = {"run_id": run_id, "arm": run_id.split("@")[0], "seed": seed, "linear_top1": top1,
-                         "linear_top5": top1 + 10, "knn20_top1": top1 - 1, "knn200_top1": top1 - 2,
-                         "pretrain_seconds": 100.0, "eval_seconds": 10.0,
-                         "collapse": {"layer1": emb(0.9, 30.0, 64), "layer2": emb(0.8, 60.0, 128),
-                                      "layer3": emb(0.7, 100.0, 256), "backbone": emb(0.6, 200.0, 512),
-                                      "projector": emb(score, rankme, 512)}}
-    if sec is not None:
-        m.update({f"semi_{p}pct_top{k}": top1 - d + k for p, d in (("1", 20), ("10", 5)) for k in (1, 5)})
-        m.update({"steps": 100, "sec_per_step": sec, "images_per_sec": 256 / sec, "peak_memory_mb": 1000.0})
-    return m
+def top1(run_id: str) -> list[float]:
+    return [s[0] for s in RUNS[run_id].values() if isinstance(s[0], float)]
 
 
-def write_run(root: Path, run_id: str, seed: int, spec: tuple) -> str:
-    """One seed directory in the training code's layout; returns its state."""
-    rd = root / "runs" / run_id / f"seed{seed}"
-    rd.mkdir(parents=True)
-    arm = run_id.split("@")[0]
-    objective = {"name": arm, "kind": "none" if arm == "random_init" else "ssl",
-                 "variance": 25.0, "covariance": 0.0, "svmax": 0.0}
-    if arm in BASE_COEF:
-        key, base = BASE_COEF[arm]
-        objective[key] = float(run_id.split("=")[1]) if "@" in run_id else base
-    (rd / "config.yaml").write_text(yaml.safe_dump({"objective": objective, "pretrain": {"epochs": 2}}))
-    state, error = ("done", None) if isinstance(spec[0], float) else spec
-    (rd / "status.json").write_text(json.dumps({"run_id": run_id, "arm": arm, "seed": seed, "state": state,
-                                                "error": error, "seconds": 12.0}))
-    if state == "done":
-        top1, rankme, sec = spec
-        (rd / "metrics.json").write_text(json.dumps(make_metrics(run_id, seed, top1, rankme, sec)))
-        spectra = {e: [1.0, 0.5 + 0.1 * seed, 0.25] for e in ("backbone", "projector", "layer1")}
-        (rd / "spectra.json").write_text(json.dumps(spectra))
-        if arm == "supervised":
-            hist = [{"epoch": e, "lr": 0.1, "loss": 3.0 - e, "cross_entropy": 3.0 - e} for e in (1, 2)]
-        elif arm != "random_init":
-            hist = [{"epoch": e, "lr": 0.1, "loss": 3.0 - e, "invariance": 1.0 / e + seed, "variance": 0.5,
-                     "covariance": 0.1, "svmax": 0.3} for e in (1, 2)]
-            (rd / "history.json").write_text(json.dumps(hist))
-    return state
-
-
-def build_results(tmp_path: Path) -> Path:
-    """A results dir with every case: failed, diverged, a missing seed, a missing sweep run."""
-    states = {rid: {str(s): write_run(tmp_path, rid, s, spec) for s, spec in seeds.items()}
-              for rid, seeds in RUNS.items()}
-    states["vicreg_all"]["1"] = "missing"
-    states["svmax@svmax=10.0"] = {"0": "missing", "1": "missing"}
-    ablations = {}
-    for name, a in ABLATIONS.items():
-        sweeps = [{"arm": arm, "key": key, "values": [0.1, 10.0],
-                   "runs": [f"{arm}@{key.split('.')[-1]}={v}" for v in (0.1, 10.0)]} for arm, key in a["sweeps"]]
-        ablations[name] = {"title": a["title"], "question": a["question"], "arms": a["arms"],
-                           "baselines": ["random_init", "supervised"], "seeds": SEEDS, "sweeps": sweeps}
-    manifest = {"profile": "default", "ablations": ablations, "runs": states}
-    (tmp_path / "runs" / "manifest.json").write_text(json.dumps(manifest))
-    return tmp_path
-
-
-@pytest.fixture
-def results_dir(tmp_path: Path) -> Path:
-    return build_results(tmp_path)
-
-
-@pytest.fixture(scope="module")
-def analyzed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """Analysed once for the read-only tests (drawing the plots takes seconds)."""
-    root = build_results(tmp_path_factory.mktemp("results"))
-    return root, analyze(root)
+def ci_text(values: list[float], decimals: int = 1) -> str:
+    """The expected cell, from scipy directly."""
+    mean = float(np.mean(values))
+    lo, hi = sps.t.interval(0.95, len(values) - 1, loc=mean, scale=sps.sem(values))
+    return f"{mean:.{decimals}f} [{lo:.{decimals}f}, {hi:.{decimals}f}]"
 
 
 def read_table(root: Path, name: str) -> pd.DataFrame:
@@ -130,176 +41,248 @@ def read_table(root: Path, name: str) -> pd.DataFrame:
 
 
 def row(df: pd.DataFrame, method: str) -> pd.Series:
-    """The row whose method cell is ``method`` with or without a footnote marker."""
-    hits = df[df["method"].str.rstrip(SUPERSCRIPT) == method]
+    """The row whose method cell starts with ``method`` (a footnote marker or budget may follow)."""
+    hits = df[df["method"].str.rstrip(SUPERSCRIPT).str.split(" ").str[0] == method]
     assert len(hits) == 1, f"{method} rows: {len(hits)}"
     return hits.iloc[0]
 
 
 def footnote(md: str, cell: str) -> str:
     """The footnote text the marker at the end of ``cell`` refers to."""
-    marker = re.search(f"[{SUPERSCRIPT}]+$", cell)
+    marker = re.search(f"[{SUPERSCRIPT}]+", cell)
     assert marker, f"no footnote marker in {cell!r}"
     line = re.search(rf"^{marker.group(0)} (.*)$", md, flags=re.M)
     assert line, f"footnote {marker.group(0)} not found"
     return line.group(1)
 
 
-def test_mean_std_format() -> None:
-    assert fmt_mean_std([80.0, 82.0]) == "81.0 ± 1.4"
-    assert fmt_mean_std([78.0]) == "78.0"
-    assert fmt_mean_std([]) == "—"
-    assert fmt_mean_std([0.5, 0.52], 3) == "0.510 ± 0.014"
-    assert mean_std([1.0, float("nan"), 3.0])[::2] == (2.0, 2)
-
-
-def test_main_table_numbers_and_marks(analyzed: tuple[Path, dict]) -> None:
+def test_main_table_cells_and_references(analyzed: tuple[Path, dict]) -> None:
     root, _ = analyzed
-    df = read_table(root, "main")
-    md = (root / "tables" / "main.md").read_text()
-    assert list(df.columns) == ["method", "linear top-1", "top-5", "1% top-1", "top-5.1", "10% top-1", "top-5.2", "n"]
-    assert [m.rstrip(SUPERSCRIPT) for m in df["method"]][:2] == ["random_init", "supervised"]
+    df, md = read_table(root, "main"), (root / "tables" / "main.md").read_text()
+    assert list(df.columns) == ["method", "linear top-1", "Δ pixels (linear)", "Δ random_init (linear)", "top-5",
+                                "kNN-20 top-1", "10% top-1", "top-5.1", "1% top-1", "top-5.2", "n"]
+    assert "top-5" not in md.splitlines()[0]  # CSV only
+    assert list(df["method"][:3]) == ["pixels", "random_init", "supervised (300 steps; SSL arms 75)"]
     svmax = row(df, "svmax")
-    assert (svmax["method"], svmax["linear top-1"], svmax["top-5"], svmax["n"]) == ("svmax", "81.0 ± 1.4", "91.0 ± 1.4", "2")
-    assert svmax["1% top-1"] == "62.0 ± 1.4" and svmax["10% top-1"] == "77.0 ± 1.4"
-    var_l2 = row(df, "var_l2")  # one failed seed: the other seed's value, the row marked
-    assert (var_l2["linear top-1"], var_l2["n"]) == ("78.0", "1")
-    assert "seed 1 failed (RuntimeError: CUDA out of memory)" in footnote(md, var_l2["method"])
+    assert svmax["linear top-1"] == ci_text(top1("svmax")) and svmax["n"] == "3"
+    assert svmax["10% top-1"] == ci_text([v - 5 for v in top1("svmax")])
+    # Δ columns: Welch difference and interval, as scipy computes them
+    ref = sps.ttest_ind(top1("svmax"), top1("pixels"), equal_var=False)
+    ci = ref.confidence_interval(0.95)
+    eff = np.mean(top1("svmax")) - np.mean(top1("pixels"))
+    assert svmax["Δ pixels (linear)"] == f"{eff:+.1f} [{ci.low:.1f}, {ci.high:.1f}]"
+    assert row(df, "pixels")["Δ pixels (linear)"] == "(reference)"
+    assert row(df, "random_init")["Δ random_init (linear)"] == "(reference)"
+
+
+def test_by_design_and_failed_cells(analyzed: tuple[Path, dict]) -> None:
+    root, _ = analyzed
+    df, md = read_table(root, "main"), (root / "tables" / "main.md").read_text()
+    pixels, rand, inv = row(df, "pixels"), row(df, "random_init"), row(df, "inv_only")
+    assert pixels["10% top-1"].startswith("— (by design)") and "raw pixels" in footnote(md, pixels["10% top-1"])
+    assert pixels["kNN-20 top-1"] == ci_text([v - 1 for v in top1("pixels")])
+    assert "supervised baseline" in footnote(md, rand["1% top-1"])
+    # fine-tuning off in its config: by design, never a number
+    assert inv["1% top-1"].startswith("— (by design)")
+    assert "switches semi-supervised evaluation off" in footnote(md, inv["1% top-1"])
+    var_l2 = row(df, "var_l2")  # one failed seed: the other two, the row marked
+    assert (var_l2["linear top-1"], var_l2["n"]) == (ci_text(top1("var_l2")), "2")
+    assert "seed 2 failed (RuntimeError: out of memory)" in footnote(md, var_l2["method"])
     diverged = row(df, "svmax_all")
-    assert diverged["linear top-1"].startswith("—") and diverged["n"] == "0"
+    assert diverged["linear top-1"].startswith("—") and "by design" not in diverged["linear top-1"]
     note = footnote(md, diverged["linear top-1"])
-    assert "seed 0 diverged (loss is NaN at step 12)" in note and "0 of 2 seeds finished" in note
-    assert "seed 1 missing" in footnote(md, row(df, "vicreg_all")["method"])
-    rand = row(df, "random_init")
-    assert rand["linear top-1"] == "11.0 ± 1.4" and rand["1% top-1"].startswith("—")
-    assert "by design" in footnote(md, rand["1% top-1"]) and "supervised" in footnote(md, rand["1% top-1"])
+    assert "seed 0 diverged (loss is NaN at step 9)" in note and "0 of 3 seeds finished" in note
+    assert "seed 2 missing" in footnote(md, row(df, "vicreg_all")["method"])
 
 
-def test_ablation_tables(analyzed: tuple[Path, dict]) -> None:
-    root, _ = analyzed
-    anti, layers = read_table(root, "anticollapse"), read_table(root, "layers")
-    assert [m.rstrip(SUPERSCRIPT) for m in anti["method"]] == ["random_init", "supervised", "inv_only",
-                                                               "vicreg_nocov", "var_l2", "svmax"]
-    assert "s/step" not in anti.columns and "s/step" in layers.columns
-    inv = row(anti, "inv_only")
-    assert (inv["kNN-20 top-1"], inv["projector RankMe"]) == ("20.0 ± 1.4", "1.3 ± 0.1")
-    assert row(layers, "svmax")["s/step"] == "0.2000 ± 0.0000"
-    assert row(layers, "random_init")["s/step"].startswith("—")
-    tex = (root / "tables" / "layers.tex").read_text()
-    assert r"svmax\_all" in tex and r"$\pm$" in tex and r"\textsuperscript{" in tex and "—" not in tex
+def test_significance_marks_and_holm(analyzed: tuple[Path, dict]) -> None:
+    root, summary = analyzed
+    anti, tests = read_table(root, "anticollapse"), read_table(root, "anticollapse_tests")
+    assert row(anti, "svmax")["linear top-1"].endswith("†") and row(anti, "svmax")["kNN-20 top-1"].endswith("†")
+    assert not any(c.endswith("†") for c in row(anti, "var_l2"))
+    assert not any(c.endswith("†") for c in row(anti, "vicreg_nocov"))  # the reference arm itself
+    # the family: svmax / var_l2 on 4 metrics, inv_only on 2 (its fine-tuning is off): 10 tests
+    assert list(tests["comparison"]).count("inv_only vs vicreg_nocov") == 2 and len(tests) == 10
+    pairs = [("svmax", 0), ("var_l2", 0), ("inv_only", 0)]
+    shifts = {"linear_top1": 0, "knn20_top1": 1, "semi_10pct_top1": 5, "semi_1pct_top1": 20}
+    ps, keys = [], []
+    for arm, _ in pairs:
+        for key, shift in shifts.items():
+            if arm == "inv_only" and key.startswith("semi"):
+                continue
+            a = [v - shift for v in top1(arm)]
+            b = [v - shift for v in top1("vicreg_nocov")]
+            ps.append(sps.ttest_ind(a, b, equal_var=False).pvalue)
+            keys.append((arm, key))
+    adjusted = holm(ps)
+    m = len(ps)
+    # Holm by hand for the smallest p: m * p
+    assert min(adjusted) == pytest.approx(min(1.0, m * min(ps)))
+    comps = summary["comparisons"]["anticollapse"]
+    for (arm, key), p, p_adj in zip(keys, ps, adjusted, strict=True):
+        got = comps[f"{arm} vs vicreg_nocov"][key]
+        assert (got["p"], got["p_holm"]) == (pytest.approx(p), pytest.approx(p_adj))
+        assert got["significant"] == (p_adj < 0.05)
+    assert comps["svmax vs vicreg_nocov"]["linear_top1"]["significant"] is True
+    assert comps["var_l2 vs vicreg_nocov"]["linear_top1"]["significant"] is False
+    svm = tests[(tests["comparison"] == "svmax vs vicreg_nocov") & (tests["metric"] == "linear top-1")].iloc[0]
+    assert svm["significant"] == "yes" and svm["n"] == "3 vs 3"
 
 
-def test_collapse_cost_sensitivity(analyzed: tuple[Path, dict]) -> None:
-    root, _ = analyzed
-    col = read_table(root, "collapse")
-    vic = col[(col["method"] == "vicreg") & (col["embedding"] == "projector")].iloc[0]
-    # scores 500/512 and 524/512 capped at 1: s_mu = 0.1 + 0.8 * score = 0.88125, 0.9
-    assert vic["s_mu [L, U]"] == "0.891 ± 0.013 [0.100, 0.900]"
-    assert (vic["RankMe"], vic["dim"], vic["n"]) == ("512.0 ± 17.0", "512", "2")
-    cost = read_table(root, "cost")
-    assert row(cost, "svmax")["s/step ÷ vicreg"] == "2.00" and row(cost, "vicreg")["s/step ÷ vicreg"] == "1.00"
-    assert row(cost, "svmax")["images/s"] == "1280 ± 0"
-    sens = read_table(root, "sensitivity")
-    sv = sens[sens["arm"] == "svmax"]
-    assert list(sv["value"]) == ["0.1", "1 (base)", "10"]
-    assert list(sv["linear top-1"])[:2] == ["52.0 ± 2.8", "81.0 ± 1.4"] and sv["linear top-1"].iloc[2].startswith("—")
-    assert list(sens[sens["arm"] == "vicreg"]["projector RankMe"]) == ["450.0 ± 0.0", "512.0 ± 17.0", "481.0 ± 1.4"]
-    assert len(sens) == 9
+def test_comparisons_from_conf_and_untestable(analyzed: tuple[Path, dict]) -> None:
+    root, summary = analyzed
+    cov = read_table(root, "covariance_tests")  # pairs from conf_ablation/covariance.yaml
+    assert list(dict.fromkeys(cov["comparison"])) == ["vicreg_nocov vs vicreg", "inv_only vs vicreg"]
+    layers, tests = read_table(root, "layers"), read_table(root, "layers_tests")
+    assert LAYER_SWEEP in list(layers["method"].str.rstrip(SUPERSCRIPT))  # a compared sweep point is a row
+    assert row(layers, LAYER_SWEEP)["10% top-1"].startswith("— (by design)")
+    div = tests[tests["comparison"] == "svmax_all vs svmax"]
+    assert len(div) == 4 and all(v.startswith("not testable") for v in div["significant"])
+    one_seed = tests[tests["comparison"] == f"{LAYER_SWEEP} vs vicreg"]  # n = 1: effect, no test
+    assert list(one_seed["metric"]) == ["linear top-1", "kNN-20 top-1"]
+    assert one_seed.iloc[0]["effect [95% CI]"] == f"{77.0 - np.mean(top1('vicreg')):+.1f} [n/a]"
+    assert summary["comparisons"]["layers"]["svmax_all vs svmax"]["linear_top1"]["p"] is None
+
+
+def test_ablation_pairs_defaults_and_errors(tmp_path: Path) -> None:
+    abl = {"arms": ["a", "b", "c"], "baselines": ["random_init"]}
+    assert ablation_pairs("x", abl, tmp_path) == [("b", "a"), ("c", "a")]
+    with pytest.raises(ValueError, match="unknown run 'zz'; valid: pixels, random_init, supervised, a, b, c"):
+        ablation_pairs("x", {**abl, "comparisons": [["zz", "a"]]}, tmp_path)
+
+
+def test_collapse_tables_and_regime(analyzed: tuple[Path, dict]) -> None:
+    root, summary = analyzed
+    col = read_table(root, "anticollapse_collapse")
+    assert "pixels" not in set(col["method"])
+    proj = col[(col["method"] == "svmax") & (col["embedding"] == "projector")].iloc[0]
+    assert proj["RankMe"] == ci_text([130.0, 135.0, 140.0]) + "†"
+    assert (proj["L"], proj["U"], proj["dim"], proj["n"]) == ("0.100", "3.000", "1024", "3")
+    assert list(col[col["method"] == "svmax"]["embedding"]) == ["layer1", "layer2", "layer3", "backbone", "projector"]
+    assert summary["comparisons"]["anticollapse_collapse"]["svmax vs vicreg_nocov"]["projector_rankme"]["significant"]
+    # the regime: a random Gaussian batch, computed here independently
+    x = np.random.default_rng(0).standard_normal((64, 1024))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    lower, upper = svmax_bounds(64, 1024)
+    assert (lower, upper) == (pytest.approx(8 / 64), pytest.approx(1.0))  # k = min(b, d) = 64
+    expected = (np.linalg.svd(x, compute_uv=False).mean() - lower) / (upper - lower)
+    assert random_batch_score(64, 1024) == pytest.approx(expected) and round(expected, 3) == 0.991
+    regime = read_table(root, "regime")
+    assert set(regime[regime["run"] == "vicreg_all"]["embedding"]) == {"layer1", "layer2", "layer3", "backbone",
+                                                                       "projector"}
+    assert "inv_only" not in set(regime["run"])  # no regularizer, no regime
+    assert summary["regime"]["svmax"]["projector"] == {"b": 64, "d": 1024, "regime": "b < d",
+                                                       "random_score": pytest.approx(expected)}
 
 
 def test_summary_json(analyzed: tuple[Path, dict]) -> None:
     root, summary = analyzed
     on_disk = json.loads((root / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     assert on_disk == summary
-    assert summary["svmax"] == {"linear_top1": 81.0, "semi_1pct_top1": 62.0, "semi_10pct_top1": 77.0,
-                                "projector_rankme": 305.0, "n": 2}
-    assert summary["inv_only"]["projector_rankme"] == 1.3
-    assert summary["svmax_all"] == {"linear_top1": None, "semi_1pct_top1": None, "semi_10pct_top1": None,
-                                    "projector_rankme": None, "n": 0}
-    assert summary["random_init"]["semi_1pct_top1"] is None and summary["random_init"]["linear_top1"] == 11.0
-    assert summary["var_l2"]["n"] == 1 and "var_l2@variance=0.1" not in summary
+    cell = summary["arms"]["svmax"]["metrics"]["linear_top1"]
+    lo, hi = sps.t.interval(0.95, 2, loc=np.mean(top1("svmax")), scale=sps.sem(top1("svmax")))
+    assert cell == {"mean": pytest.approx(80.5), "ci_low": pytest.approx(lo), "ci_high": pytest.approx(hi), "n": 3,
+                    "std": pytest.approx(0.5)}
+    assert summary["arms"]["svmax_all"]["n"] == 0 and summary["arms"]["svmax_all"]["metrics"] == {}
+    single = summary["arms"]["svmax@svmax=0.1"]["metrics"]["linear_top1"]
+    assert single["n"] == 1 and single["ci_low"] is None
+    assert summary["arms"]["supervised"]["budget_steps"] == 300
+    assert summary["references"]["pixels"]["svmax"]["effect"] == pytest.approx(80.5 - 81.8)
+    assert summary["resolution"]["seeds"] == 3
+
+
+def test_report_findings_and_readme_block(analyzed: tuple[Path, dict]) -> None:
+    root, summary = analyzed
+    report = (root / "REPORT.md").read_text()
+    comp = summary["comparisons"]["anticollapse"]["svmax vs vicreg_nocov"]["linear_top1"]
+    line = (f"- `svmax` vs `vicreg_nocov`, `linear top-1`: {comp['effect']:+.1f} [{comp['ci_low']:.1f}, "
+            f"{comp['ci_high']:.1f}] points, p (Holm) = ")
+    assert line in report
+    assert "not resolved at this scale: `var_l2` vs `vicreg_nocov` (`linear top-1`" in report
+    links = re.findall(r"\]\(([^)]+)\)", report)
+    assert all((root / link).is_file() for link in links) and "plots/layers_collapse.png" in links
+    assert "could not be drawn" not in report and "Traceback" not in report
+    block = (root / "README_results.md").read_text()
+    assert "| svmax " in block and line in block
+    assert missing_from_summary(block, summary) == []
+    readme = f"intro\n{BEGIN}\nold table\n{END}\nrest\n"
+    spliced = splice(readme, block)
+    assert block_in(spliced) == block and spliced.startswith("intro\n") and spliced.endswith(f"{END}\nrest\n")
+    with pytest.raises(ValueError, match="results:begin"):
+        splice("no markers", block)
+    assert missing_from_summary(block.replace("(reference)", "12345.6", 1), summary) == ["12345.6"]
 
 
 def test_files_and_pngs(analyzed: tuple[Path, dict]) -> None:
-    root, _ = analyzed
-    for name in ("main", "anticollapse", "covariance", "layers", "collapse", "cost", "sensitivity"):
-        for ext in ("md", "csv", "tex"):
-            assert (root / "tables" / f"{name}.{ext}").stat().st_size > 50
-    pngs = ["anticollapse_bars", "covariance_bars", "layers_bars", "sensitivity", "loss_terms",
-            "layer_collapse_heatmap", "spectra"]
     import matplotlib.image as mpimg
 
-    for name in pngs:
-        path = root / "plots" / f"{name}.png"
-        assert path.read_bytes()[:8] == PNG_MAGIC and path.stat().st_size > 5000
-        h, w = mpimg.imread(path).shape[:2]
-        assert h >= 200 and w >= 400
-
-
-def test_report(analyzed: tuple[Path, dict]) -> None:
     root, _ = analyzed
-    report = (root / "REPORT.md").read_text()
-    assert report.startswith("# ") and "`default`" in report.splitlines()[0]
-    for a in ABLATIONS.values():
-        assert f"## {a['title']}" in report and a["question"] in report
-    links = re.findall(r"\]\(([^)]+)\)", report)
-    assert {f"plots/{n}_bars.png" for n in ABLATIONS} <= set(links) and "plots/spectra.png" in links
-    assert all((root / link).is_file() for link in links)
-    assert "could not be drawn" not in report
-    assert "linear top-1, highest mean first: supervised 91.0 (n=2), vicreg 85.0 (n=2)" in report
-    assert "projector RankMe: random_init 6.0, supervised 101.0, inv_only 1.3" in report
-    assert "s/step relative to vicreg: vicreg_all 3.00×, svmax 2.00×" in report
-    assert "| svmax_all | 0 | diverged | 12 | loss is NaN at step 12 |" in report
-    assert "| svmax@svmax=10.0 | 1 | missing |" in report
-    assert "seed 1 failed (RuntimeError: CUDA out of memory)" in report  # a footnote, error's first line only
-    assert "Traceback" not in report
+    for name in ("main", "anticollapse", "anticollapse_tests", "layers_collapse", "regime", "cost", "sensitivity"):
+        for ext in ("md", "csv", "tex"):
+            assert (root / "tables" / f"{name}.{ext}").stat().st_size > 50
+    tex = (root / "tables" / "anticollapse.tex").read_text()
+    assert r"$^\dagger$" in tex and r"$\Delta$" in tex and "—" not in tex
+    for name in ("anticollapse_bars", "layers_collapse", "sensitivity", "loss_terms", "layer_collapse_heatmap",
+                 "spectra"):
+        path = root / "plots" / f"{name}.png"
+        assert path.read_bytes()[:8] == PNG_MAGIC and mpimg.imread(path).shape[1] >= 400
 
 
-def test_plot_data(results_dir: Path) -> None:
-    res = load_results(results_dir)
+def test_cost_and_sensitivity(analyzed: tuple[Path, dict]) -> None:
+    root, _ = analyzed
+    cost = read_table(root, "cost")
+    assert row(cost, "svmax")["s/step ÷ vicreg"] == "1.00" and row(cost, "supervised")["s/step ÷ vicreg"] == "0.50"
+    assert row(cost, "pixels")["s/step"].startswith("— (by design)")
+    sens = read_table(root, "sensitivity")
+    sv = sens[sens["arm"] == "svmax"]
+    assert list(sv["value"]) == ["0.1", "1 (base)", "10"]
+    assert list(sv["linear top-1"])[:2] == ["50.0 [n/a]", ci_text(top1("svmax"))]
+    assert sv["linear top-1"].iloc[2].startswith("—")
+
+
+def test_plot_data(results_dir: tuple[Path, Path]) -> None:
+    res = load_results(results_dir[0])
     loss = loss_frame(res, ["svmax", "supervised"])
-    inv = loss[(loss["term"] == "invariance") & (loss["epoch"] == 1)]
-    assert sorted(inv["value"]) == [1.0, 2.0] and set(loss["arm"]) == {"svmax"}  # supervised: no terms
-    assert set(loss["term"]) == {"invariance", "variance", "covariance", "svmax"}
+    assert set(loss["arm"]) == {"svmax"} and sorted(loss[(loss["term"] == "invariance") & (loss["epoch"] == 1)]
+                                                    ["value"]) == [1.0, 2.0, 3.0]
     score = layer_matrix(res, lambda mt, lay: mt.get(f"{lay}_s_mu_score", math.nan))
     assert list(score.columns) == ["layer1", "layer2", "layer3", "backbone", "projector"]
-    assert "svmax_all" not in score.index and score.loc["inv_only", "layer3"] == pytest.approx(0.7)
-    assert mean_spectrum(res, "vicreg", "projector").tolist() == pytest.approx([1.0, 0.55, 0.25])
-    assert mean_spectrum(res, "svmax_all", "projector") is None
+    assert "svmax_all" not in score.index and "pixels" not in score.index
+    assert mean_spectrum(res, "vicreg", "projector").tolist() == pytest.approx([1.0, 0.6, 0.25])
     points = sweep_points(res, res.manifest["ablations"]["anticollapse"]["sweeps"][1])
-    assert [(p.value, p.run_id, p.is_base) for p in points] == [
-        (0.1, "svmax@svmax=0.1", False), (1.0, "svmax", True), (10.0, "svmax@svmax=10.0", False)]
+    assert [(p.value, p.run_id) for p in points] == [(0.1, "svmax@svmax=0.1"), (1.0, "svmax"), (10.0, "svmax@svmax=10.0")]
+    assert mean_std([1.0, float("nan"), 3.0])[::2] == (2.0, 2)
 
 
-def test_broken_inputs_never_crash(results_dir: Path) -> None:
-    """Unreadable metrics, no manifest, and an empty directory still give a report."""
-    (results_dir / "runs" / "svmax" / "seed1" / "metrics.json").write_text("{not json")
-    summary = analyze(results_dir)
-    assert summary["svmax"] == {**summary["svmax"], "linear_top1": 80.0, "n": 1}
-    assert "unreadable metrics.json" in (results_dir / "tables" / "main.md").read_text()
-    manifest_path = results_dir / "runs" / "manifest.json"
+def test_broken_inputs_never_crash(results_dir: tuple[Path, Path]) -> None:
+    """Unreadable metrics, a stale seed and no manifest still give a report."""
+    root, conf = results_dir
+    (root / "runs" / "svmax" / "seed1" / "metrics.json").write_text("{not json")
+    summary = analyze(root, conf)
+    assert summary["arms"]["svmax"]["metrics"]["linear_top1"]["mean"] == pytest.approx(80.5) is not None
+    assert summary["arms"]["svmax"]["n"] == 2
+    assert "unreadable metrics.json" in (root / "tables" / "main.md").read_text()
+    manifest_path = root / "runs" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["runs"]["vicreg"]["1"] = "stale"  # finished under an older config: not counted
     manifest_path.write_text(json.dumps(manifest))
-    assert analyze(results_dir)["vicreg"] == {"linear_top1": 84.0, "semi_1pct_top1": 65.0, "semi_10pct_top1": 80.0,
-                                              "projector_rankme": 500.0, "n": 1}
-    main = read_table(results_dir, "main")
-    assert "seed 1 stale" in footnote((results_dir / "tables" / "main.md").read_text(), row(main, "vicreg")["method"])
-    runs = pd.read_csv(results_dir / "tables" / "runs.csv")
-    assert runs[(runs["run_id"] == "svmax") & (runs["seed"] == 0)]["linear_top1"].tolist() == [80.0]
+    assert analyze(root, conf)["arms"]["vicreg"]["n"] == 2
+    assert "seed 1 stale" in footnote((root / "tables" / "main.md").read_text(), row(read_table(root, "main"),
+                                                                                     "vicreg")["method"])
     manifest_path.unlink()
-    summary = analyze(results_dir)
-    assert summary["vicreg"]["linear_top1"] == 85.0 and "svmax@svmax=0.1" not in summary
-    assert "discovered from the run directories" in (results_dir / "REPORT.md").read_text()
+    summary = analyze(root, conf)
+    assert summary["arms"]["vicreg"]["metrics"]["linear_top1"]["mean"] == pytest.approx(79.0)
+    assert "discovered from the run directories" in (root / "REPORT.md").read_text()
 
 
 def test_empty_results_dir(tmp_path: Path) -> None:
-    assert analyze(tmp_path) == {}
+    summary = analyze(tmp_path, tmp_path)
+    assert summary["comparisons"] == {} and summary["arms"]["pixels"]["n"] == 0
     assert (tmp_path / "plots" / "spectra.png").read_bytes()[:8] == PNG_MAGIC
     assert "Seed runs by state: none." in (tmp_path / "REPORT.md").read_text()
 
 
-def test_sweep_points_expect_only_the_sweep_seeds(tmp_path: Path) -> None:
+def test_sweep_points_expect_only_the_sweep_seeds() -> None:
     """A profile that runs sensitivity points on fewer seeds: no 'missing seed' marks for them."""
     from embreg.analysis.aggregate import expected_seeds
 

@@ -182,16 +182,6 @@ def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
     return mean, std, n
 
 
-def fmt_mean_std(values: Sequence[float], decimals: int = 1) -> str:
-    """``"81.0 ± 1.4"``; a single seed shows only its value; no value shows ``"—"``."""
-    mean, std, n = mean_std(values)
-    if n == 0:
-        return "—"
-    if n == 1:
-        return f"{mean:.{decimals}f}"
-    return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
-
-
 def config_value(config: dict[str, Any] | None, key_path: str) -> Any:
     """``config["objective"]["svmax"]`` for ``"objective.svmax"``; None if any part is absent."""
     node: Any = config

@@ -24,14 +24,19 @@ from embreg.analysis.aggregate import (  # noqa: E402
     LAYER_ORDER,
     LOSS_TERMS,
     Results,
-    ablation_methods,
     all_methods,
     mean_std,
     sweep_points,
 )
+from embreg.analysis.compare import embeddings  # noqa: E402
+from embreg.analysis.references import is_pixels  # noqa: E402
+from embreg.analysis.stats import describe  # noqa: E402
+from embreg.analysis.summary import Analysis  # noqa: E402
 
 DPI = 120
-BAR_METRICS = {"linear": "linear_top1", "1% labels": "semi_1pct_top1", "10% labels": "semi_10pct_top1"}
+BAR_METRICS = {"linear": "linear_top1", "kNN-20": "knn20_top1", "10% labels": "semi_10pct_top1",
+               "1% labels": "semi_1pct_top1"}
+COLLAPSE_PANELS = {"normalized score (s_mu - L) / (U - L)": "s_mu_score", "RankMe": "rankme"}
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -60,10 +65,15 @@ def seed_frame(results: Results, methods: list[str], metrics: dict[str, str]) ->
     return pd.DataFrame(rows, columns=["method", "seed", "metric", "value"])
 
 
-def bars_plot(results: Results, name: str, path: Path) -> Path:
-    """Linear / 1% / 10% top-1 per method of one ablation: mean bars, std error bars, seed points."""
+def t_interval(values: pd.Series) -> tuple[float, float]:
+    """The 95% Student-t interval of the mean (the point itself for one seed): seaborn's error bar."""
+    s = describe(list(values))
+    return (s.ci_low, s.ci_high) if s.has_ci else (s.mean, s.mean)
+
+
+def bars_plot(results: Results, name: str, methods: list[str], path: Path) -> Path:
+    """Linear / 1% / 10% top-1 per row of one ablation table: mean bars, 95% t-interval error bars, seeds."""
     abl = results.manifest["ablations"][name]
-    methods = ablation_methods(abl)
     df = seed_frame(results, methods, BAR_METRICS)
     title = abl.get("title", name)
     if df.empty:
@@ -74,7 +84,7 @@ def bars_plot(results: Results, name: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(max(6.0, 1.5 * len(methods)), 4.5))
     kw = {"x": "method", "y": "value", "hue": "metric", "order": list(labels.values()),
           "hue_order": [k for k in BAR_METRICS if k in set(df["metric"])]}
-    sns.barplot(data=df, errorbar="sd", capsize=0.15, alpha=0.85, ax=ax, **kw)
+    sns.barplot(data=df, errorbar=t_interval, capsize=0.15, alpha=0.85, ax=ax, **kw)
     sns.stripplot(data=df, dodge=True, palette=dict.fromkeys(kw["hue_order"], "black"), size=3, legend=False,
                   ax=ax, **kw)
     ax.set(title=title, xlabel="", ylabel="top-1 accuracy (%)")
@@ -225,11 +235,41 @@ def spectra_plot(results: Results, path: Path) -> Path:
     return _save(fig, path)
 
 
-def make_plots(results: Results, plots_dir: Path) -> tuple[dict[str, Path], dict[str, str]]:
+def collapse_plot(results: Results, name: str, methods: list[str], path: Path) -> Path:
+    """Per layer (x, network order): normalized score and RankMe per run, mean with 95% t-interval bars."""
+    runs = [m for m in methods if not is_pixels(results, m)]
+    layers = embeddings(results, runs)
+    title = results.manifest["ablations"][name].get("title", name)
+    if not layers:
+        return _empty(path, title, "no collapse metrics")
+    fig, axes = plt.subplots(1, len(COLLAPSE_PANELS), figsize=(6.0 * len(COLLAPSE_PANELS), 4.2))
+    x = np.arange(len(layers))
+    for ax, (label, suffix) in zip(axes, COLLAPSE_PANELS.items(), strict=True):
+        for i, m in enumerate(runs):
+            stats = [describe(results.values(m, f"{lay}_{suffix}")) for lay in layers]
+            if all(s.n == 0 for s in stats):
+                continue
+            mean = np.array([s.mean for s in stats])
+            err = np.array([[s.mean - s.ci_low, s.ci_high - s.mean] if s.has_ci else [0.0, 0.0] for s in stats]).T
+            n = max(s.n for s in stats)
+            # a small x offset per run keeps overlapping error bars readable
+            ax.errorbar(x + 0.06 * (i - len(runs) / 2), mean, yerr=err, marker="o", capsize=3, label=f"{m} (n={n})")
+        ax.set_xticks(x, layers)
+        ax.set(title=label, xlabel="embedding (network order)", ylabel=label)
+        if suffix == "rankme":
+            ax.set_yscale("log")
+    axes[-1].legend(bbox_to_anchor=(1.01, 1), loc="upper left", fontsize=8)
+    fig.suptitle(f"{title}: collapse per layer (mean, 95% t-interval over seeds)")
+    return _save(fig, path)
+
+
+def make_plots(an: Analysis, plots_dir: Path) -> tuple[dict[str, Path], dict[str, str]]:
     """Every figure; returns (name -> path, name -> error) so one broken plot never stops the report."""
-    jobs: dict[str, Callable[[Path], Path]] = {
-        f"{name}_bars": (lambda p, n=name: bars_plot(results, n, p)) for name in results.manifest.get("ablations", {})
-    }
+    results = an.results
+    jobs: dict[str, Callable[[Path], Path]] = {}
+    for name, runs in an.runs.items():
+        jobs[f"{name}_bars"] = lambda p, n=name, r=runs: bars_plot(results, n, r, p)
+        jobs[f"{name}_collapse"] = lambda p, n=name, r=runs: collapse_plot(results, n, r, p)
     jobs.update({"sensitivity": lambda p: sensitivity_plot(results, p),
                  "loss_terms": lambda p: loss_terms_plot(results, p),
                  "layer_collapse_heatmap": lambda p: layer_heatmap(results, p),

@@ -1,7 +1,8 @@
-"""``analyze(results_dir)``: tables, plots, REPORT.md and summary.json from the run directories.
+"""``analyze(results_dir)``: tables, plots, REPORT.md, summary.json and the README block.
 
-The report only states what is computed from the numbers (tables, and one-line findings that
-rank or compare means); it draws no conclusions of its own.
+The report states only what the statistics resolve: every "computed from the table" line is a
+Holm-significant Welch difference (effect, CI, adjusted p), the rest reads "not resolved at this
+scale". It draws no conclusions of its own.
 """
 
 from __future__ import annotations
@@ -13,77 +14,33 @@ from typing import Any
 
 import pandas as pd
 
-from embreg.analysis.aggregate import (
-    Results,
-    ablation_methods,
-    all_methods,
-    load_results,
-    mean_std,
-)
+from embreg.analysis.aggregate import Results, load_results
+from embreg.analysis.cells import Table, short_error, write_table
+from embreg.analysis.collapse import collapse_table, regime_table
+from embreg.analysis.findings import findings, method_note, resolution_line
 from embreg.analysis.plots import make_plots
-from embreg.analysis.tables import Table, build_tables, short_error, write_table
+from embreg.analysis.readme import BLOCK_FILE, readme_block
+from embreg.analysis.summary import Analysis, build, resolution, summarize
+from embreg.analysis.tables import ablation_table, cost_table, main_table, sensitivity_table, tests_table
 
-SUMMARY_KEYS = {"linear_top1": "linear_top1", "semi_1pct_top1": "semi_1pct_top1",
-                "semi_10pct_top1": "semi_10pct_top1", "projector_rankme": "projector_rankme"}
 HOW_TO_READ = (
-    "Every number is the mean ± sample standard deviation (ddof = 1) over the finished seeds of a run; "
-    "`n` is how many seeds finished (a single seed shows its value alone). Accuracies are top-1 / top-5 "
-    "percentages on the test set: *linear* is a linear probe on the frozen backbone, *1%* and *10%* "
-    "fine-tune on that fraction of the labels, *kNN-20* is a 20-nearest-neighbour classifier on the "
-    "backbone features. *RankMe* is the effective rank of an embedding (at most its dimension); the "
-    "*normalized score* places the mean singular value s_mu of the l2-normalized embeddings between its "
-    "lower bound L (0: all embeddings on one direction) and upper bound U (1: maximally spread). "
-    "A `—` followed by a superscript number has no value: the footnote with that number, under the "
-    "table, says why (a missing, failed or diverged run with its error, or a value absent by design)."
+    "Every cell is the mean over the finished seeds of a run followed by its 95% confidence interval "
+    "[low, high] (Student t with n - 1 degrees of freedom); `n` is how many seeds finished (given in the "
+    "cell when it differs across the row); a single seed has no interval (`[n/a]`). Accuracies are top-1 "
+    "percentages on the test set: *linear* is a linear probe on the frozen backbone, *kNN-20* a "
+    "20-nearest-neighbour classifier on the backbone features, *10%* and *1%* fine-tune on that fraction "
+    "of the labels; top-5 sits near 99 for every arm and is kept in the CSV files only. References: "
+    "`pixels` (the same probe and kNN on the standardized raw pixels), `random_init` (the untrained "
+    "backbone), `supervised` (labelled with its pretraining budget). The Δ columns are a row's linear "
+    "top-1 minus the reference's with the Welch 95% interval of the difference (descriptive, not corrected "
+    "for multiple comparisons). A `†` marks a cell that differs from the arm's reference arm in this "
+    "ablation: Welch's t-test, Holm-corrected across the table's comparisons, adjusted p < 0.05; every "
+    "test with its effect, t, degrees of freedom, p and Holm p is listed under the table. *RankMe* is the "
+    "effective rank of an embedding; the *normalized score* places the mean singular value s_mu of the "
+    "l2-normalized embeddings between its lower bound L (0: one direction) and upper bound U (1: "
+    "maximally spread). `—` with a superscript number has no value (see that footnote: a missing, failed "
+    "or diverged run); `— (by design)` was never meant to have one."
 )
-
-
-def _mean(results: Results, run_id: str, metric: str) -> float:
-    return mean_std(results.values(run_id, metric))[0]
-
-
-def _clean(value: float) -> float | None:
-    """Rounded to 3 decimals; NaN / inf become None (JSON has no NaN, and dvc metrics would choke)."""
-    return round(value, 3) if isinstance(value, int | float) and math.isfinite(value) else None
-
-
-def summarize(results: Results) -> dict[str, dict[str, Any]]:
-    """Per arm (baselines included): the means of the headline metrics and n (finished seeds)."""
-    return {m: {**{out: _clean(_mean(results, m, key)) for out, key in SUMMARY_KEYS.items()},
-                "n": len(results.done(m))}
-            for m in all_methods(results.manifest)}
-
-
-def _ranked(results: Results, methods: list[str], metric: str) -> list[tuple[str, float, int]]:
-    """(method, mean, n) for the methods with a value, highest mean first."""
-    rows = [(m, _mean(results, m, metric), len(results.values(m, metric))) for m in methods]
-    return sorted([r for r in rows if not math.isnan(r[1])], key=lambda r: -r[1])
-
-
-def findings(results: Results, name: str) -> list[str]:
-    """Computed one-liners for an ablation: rankings of means and differences to its reference arm."""
-    abl = results.manifest["ablations"][name]
-    methods, arms = ablation_methods(abl), list(abl.get("arms", []))
-    lines = []
-    top1 = _ranked(results, methods, "linear_top1")
-    if top1:
-        lines.append("linear top-1, highest mean first: " + ", ".join(f"{m} {v:.1f} (n={n})" for m, v, n in top1))
-    ranks = [(m, _mean(results, m, "projector_rankme")) for m in methods]
-    ranks = [(m, v) for m, v in ranks if not math.isnan(v)]
-    if ranks:
-        lines.append("projector RankMe: " + ", ".join(f"{m} {v:.1f}" for m, v in ranks))
-    ref = "vicreg" if "vicreg" in arms else (arms[0] if arms else None)
-    ref_top1 = _mean(results, ref, "linear_top1") if ref else math.nan
-    diffs = [(m, _mean(results, m, "linear_top1") - ref_top1) for m in arms if m != ref]
-    diffs = [(m, d) for m, d in diffs if not math.isnan(d)]
-    if diffs:
-        lines.append(f"linear top-1 minus {ref}'s ({ref_top1:.1f}): " + ", ".join(f"{m} {d:+.1f}" for m, d in diffs))
-    cost = [(m, _mean(results, m, "sec_per_step")) for m in arms]
-    ref_cost = _mean(results, ref, "sec_per_step") if ref else math.nan
-    ratios = [(m, c / ref_cost) for m, c in cost if m != ref and not math.isnan(c) and ref_cost > 0]
-    if name == "layers" and ratios:
-        lines.append(f"s/step relative to {ref}: " + ", ".join(f"{m} {r:.2f}×" for m, r in ratios))
-    return lines
 
 
 def runs_frame(results: Results) -> pd.DataFrame:
@@ -117,31 +74,63 @@ def _image(plots: dict[str, Path], errors: dict[str, str], name: str, alt: str) 
     return f"_(plot `{name}` could not be drawn: {_md_cell(errors.get(name, 'unknown error'))})_"
 
 
-def render_report(results: Results, tables: dict[str, Table], plots: dict[str, Path],
-                  errors: dict[str, str]) -> str:
+def build_tables(an: Analysis) -> list[Table]:
+    """Per ablation: its table, its tests, its collapse table and collapse tests; then the shared tables."""
+    res, out = an.results, []
+    for name in an.runs:
+        title = res.manifest["ablations"][name].get("title", name)
+        out += [ablation_table(res, name, an.runs[name], an.accuracy[name]),
+                tests_table(f"{name}_tests", f"{title}: Welch tests, Holm-corrected", an.accuracy[name]),
+                collapse_table(res, name, an.runs[name], an.collapse[name]),
+                tests_table(f"{name}_collapse_tests", f"{title}: collapse tests, Holm-corrected", an.collapse[name])]
+    return [*out, main_table(res), regime_table(res, an.all_runs()), cost_table(res), sensitivity_table(res)]
+
+
+def _bullets(lines: list[str]) -> list[str]:
+    return [f"- {line}" for line in lines]
+
+
+def render_report(an: Analysis, tables: dict[str, Table], plots: dict[str, Path], errors: dict[str, str]) -> str:
     """The whole REPORT.md text."""
-    man = results.manifest
+    man = an.results.manifest
     out = [f"# Embedding-regularizer ablations — profile `{man.get('profile', 'unknown')}`", "",
-           "## How to read this report", "", HOW_TO_READ, ""]
+           "## How to read this report", "", HOW_TO_READ, "", method_note(), "",
+           resolution_line(an, resolution(an)), ""]
     if man.get("discovered"):
         out += ["_No readable `runs/manifest.json`: the runs below were discovered from the run directories._", ""]
-    for name, abl in man.get("ablations", {}).items():
+    for name in an.runs:
+        abl = man["ablations"][name]
         out += [f"## {abl.get('title', name)}", "", f"**Question:** {abl.get('question', '')}", "",
-                tables[name].markdown(), _image(plots, errors, f"{name}_bars", f"{name} accuracies"), ""]
-        facts = findings(results, name)
-        if facts:
-            out += ["Computed from the table:", "", *[f"- {f}" for f in facts], ""]
-    sections = [("All arms", "main", None), ("Collapse metrics", "collapse", None),
-                ("Training cost", "cost", None), ("Coefficient sensitivity", "sensitivity", "sensitivity")]
-    for title, table, plot in sections:
-        out += [f"## {title}", "", tables[table].markdown()]
-        out += [_image(plots, errors, plot, title), ""] if plot else []
-    out += ["## Training curves and collapse per layer", "",
+                tables[name].markdown(), _image(plots, errors, f"{name}_bars", f"{name} accuracies"), "",
+                "Tests against each arm's reference arm:", "", tables[f"{name}_tests"].markdown(),
+                "Computed from the table:", "", *_bullets(findings(an.accuracy[name])), "",
+                f"### Collapse per layer ({name})", "", tables[f"{name}_collapse"].markdown(),
+                _image(plots, errors, f"{name}_collapse", f"{name} collapse per layer"), "",
+                tables[f"{name}_collapse_tests"].markdown(),
+                "Computed from the collapse table:", "", *_bullets(findings(an.collapse[name])), ""]
+    out += ["## All arms", "", tables["main"].markdown(),
+            "## Regime of each regularizer: batch b vs embedding dimension d", "",
+            "SVMax's normalized score of a batch is (s_mu - L) / (U - L) with L = sqrt(b) / k, U = sqrt(b / k), "
+            "k = min(b, d). The last column is that score for one seeded random Gaussian batch of the same shape "
+            "(rows l2-normalized): when it is already near 1 (b < d), the term mostly pushes the batch's rows "
+            "towards orthogonality rather than spreading the d dimensions.", "", tables["regime"].markdown(),
+            "## Training cost", "", tables["cost"].markdown(),
+            "## Coefficient sensitivity", "", tables["sensitivity"].markdown(),
+            _image(plots, errors, "sensitivity", "coefficient sensitivity"), "",
+            "## Training curves and collapse per layer", "",
             _image(plots, errors, "loss_terms", "loss terms per epoch"), "",
             _image(plots, errors, "layer_collapse_heatmap", "collapse per layer"), "",
             _image(plots, errors, "spectra", "singular-value spectra"), "",
-            "## Runs", "", *runs_section(results), ""]
+            "## Runs", "", *runs_section(an.results), ""]
     return "\n".join(out)
+
+
+def display_path(path: Path) -> str:
+    """``results/default`` when under the working directory (the README's links are relative to it)."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return path.as_posix()
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -149,21 +138,24 @@ def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
-def analyze(results_dir: Path) -> dict[str, dict[str, Any]]:
-    """Read ``results_dir/runs``; write ``tables/``, ``plots/``, ``REPORT.md`` and ``summary.json``.
+def analyze(results_dir: Path, conf_dir: Path | None = None) -> dict[str, Any]:
+    """Read ``results_dir/runs``; write ``tables/``, ``plots/``, ``REPORT.md``, ``summary.json`` and
+    ``README_results.md``. ``conf_dir`` holds ``<ablation>.yaml`` for comparisons the manifest lacks
+    (default: ``conf/ablation`` of the working directory).
 
-    Returns the summary (per arm: mean linear / 1% / 10% top-1, projector RankMe and n). Missing,
-    failed or diverged runs appear as marked cells with footnotes; they never raise.
+    Returns the summary. Missing, failed or diverged runs appear as marked cells with footnotes;
+    they never raise (a comparison naming an unknown run does: that is a config error).
     """
     results_dir = Path(results_dir)
-    results = load_results(results_dir)
-    tables = {t.name: t for t in build_tables(results)}
+    an = build(load_results(results_dir), conf_dir)
+    tables = {t.name: t for t in build_tables(an)}
     tables_dir = results_dir / "tables"
     for table in tables.values():
         write_table(table, tables_dir)
-    runs_frame(results).to_csv(tables_dir / "runs.csv", index=False)
-    plots, errors = make_plots(results, results_dir / "plots")
-    summary = summarize(results)
+    runs_frame(an.results).to_csv(tables_dir / "runs.csv", index=False)
+    plots, errors = make_plots(an, results_dir / "plots")
+    summary = summarize(an)
     _write_json(results_dir / "summary.json", summary)
-    (results_dir / "REPORT.md").write_text(render_report(results, tables, plots, errors))
+    (results_dir / "REPORT.md").write_text(render_report(an, tables, plots, errors))
+    (results_dir / BLOCK_FILE).write_text(readme_block(an, display_path(results_dir)))
     return summary

@@ -1,173 +1,130 @@
-"""The result tables: built from :class:`Results`, written as Markdown, CSV and LaTeX.
+"""The result tables, built from :class:`Results` and the tests of :mod:`embreg.analysis.compare`.
 
-A cell without a number is never blank: it shows ``—`` with a footnote marker saying why (the
-run failed / diverged / is missing, with its error, or the metric is absent by design).
+Every cell is ``mean [95% CI]`` over the finished seeds with n in its own column (or in the cell
+when it differs across the row). Ablation tables start with the reference rows (pixels, random
+init, supervised with its budget), show each row's linear top-1 difference to pixels and to
+random init, and mark with ``†`` the cells that differ from the arm's reference arm after
+Holm's correction; the tests themselves (effect, CI, t, dof, p, Holm p) sit in ``<name>_tests``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
+import math
 
 import pandas as pd
 
-from embreg.analysis.aggregate import (
-    COST_KEYS,
-    SEMI_KEYS,
-    Results,
-    ablation_methods,
-    all_methods,
-    fmt_mean_std,
-    mean_std,
-    sweep_points,
+from embreg.analysis.aggregate import Results, all_methods, sweep_points
+from embreg.analysis.cells import (
+    NO_VALUE,
+    TOP5,
+    Footnotes,
+    Table,
+    fmt_effect,
+    metric_cell,
+    missing_cell,
+    problem_text,
+    row_n,
 )
+from embreg.analysis.compare import Comparison, reference_deltas
+from embreg.analysis.references import PIXELS, RANDOM_INIT, REFERENCES, kind, row_label
+from embreg.analysis.stats import describe, fmt_p
 
-_SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
-_LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-          "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "`": "",
-          "±": r"$\pm$", "—": "---", "÷": r"$\div$", "|": r"\textbar{}", "<": r"\textless{}",
-          ">": r"\textgreater{}", **{s: rf"\textsuperscript{{{d}}}" for d, s in enumerate("⁰¹²³⁴⁵⁶⁷⁸⁹")}}
-NO_VALUE = "—"
-RANDOM_INIT_SEMI = ("no semi-supervised result by design: fine-tuning a random initialization on the 1% / 10% "
-                    "labels is exactly the supervised baseline's from-scratch fine-tuning (see its columns).")
-RANDOM_INIT_COST = "no per-step cost by design: the random-init baseline is never pretrained."
 # (header, metrics.json key after flattening, decimals)
 Column = tuple[str, str, int]
-MAIN_COLUMNS: list[Column] = [
-    ("linear top-1", "linear_top1", 1), ("top-5", "linear_top5", 1),
-    ("1% top-1", "semi_1pct_top1", 1), ("top-5", "semi_1pct_top5", 1),
-    ("10% top-1", "semi_10pct_top1", 1), ("top-5", "semi_10pct_top5", 1),
+ACCURACY_COLUMNS: list[Column] = [
+    ("linear top-1", "linear_top1", 1), (TOP5, "linear_top5", 1), ("kNN-20 top-1", "knn20_top1", 1),
+    ("10% top-1", "semi_10pct_top1", 1), (TOP5, "semi_10pct_top5", 1),
+    ("1% top-1", "semi_1pct_top1", 1), (TOP5, "semi_1pct_top5", 1),
 ]
-ABLATION_EXTRA: list[Column] = [("kNN-20 top-1", "knn20_top1", 1), ("projector RankMe", "projector_rankme", 1)]
+RANKME_COLUMN: Column = ("projector RankMe", "projector_rankme", 1)
 COST_COLUMN: Column = ("s/step", "sec_per_step", 4)
 COST_ABLATIONS = ("layers",)  # ablations whose question includes "at what cost"
-COLLAPSE_EMBEDDINGS = ("projector", "backbone")
+DELTA_HEADERS = {PIXELS: "Δ pixels (linear)", RANDOM_INIT: "Δ random_init (linear)"}
 
 
-class Footnotes:
-    """Numbered footnotes of one table; the same text always gets the same number."""
-
-    def __init__(self) -> None:
-        self.texts: list[str] = []
-
-    def mark(self, text: str) -> str:
-        """The superscript marker for ``text`` (registered on first use)."""
-        if text not in self.texts:
-            self.texts.append(text)
-        return str(self.texts.index(text) + 1).translate(_SUPERSCRIPT)
-
-    def lines(self) -> list[str]:
-        return [f"{str(i + 1).translate(_SUPERSCRIPT)} {t}" for i, t in enumerate(self.texts)]
-
-
-@dataclass
-class Table:
-    """A formatted table (all cells strings) with its footnotes."""
-
-    name: str
-    title: str
-    frame: pd.DataFrame
-    notes: Footnotes = field(default_factory=Footnotes)
-
-    def markdown(self) -> str:
-        """The table followed by its footnotes (one per line)."""
-        text = self.frame.to_markdown(index=False, disable_numparse=True) if len(self.frame) else "_(no rows)_"
-        return text + ("\n\n" + "  \n".join(self.notes.lines()) if self.notes.texts else "") + "\n"
-
-
-def latex_escape(text: str) -> str:
-    """LaTeX-safe text (underscores, ±, —, superscript markers ...) in a single pass."""
-    return "".join(_LATEX.get(ch, ch) for ch in str(text))
-
-
-def short_error(error: str | None, limit: int = 200) -> str:
-    """The first line of an error message, cut to ``limit`` characters."""
-    line = (error or "").strip().splitlines()[0] if (error or "").strip() else ""
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
-def problem_text(results: Results, run_id: str) -> str | None:
-    """Why some seeds of a run have no numbers (state and error per seed), or None if all finished."""
-    problems = results.problems(run_id)
-    if not problems:
-        return None
-    seeds = results.seeds(run_id)
-    if not seeds:
-        return f"`{run_id}`: no run found (not in the manifest and no run directory)."
-    parts = [f"seed {r.seed} {r.state}" + (f" ({short_error(r.error)})" if r.error else "") for r in problems]
-    return f"`{run_id}`: {'; '.join(parts)} — {len(seeds) - len(problems)} of {len(seeds)} seeds finished."
-
-
-def missing_reason(results: Results, run_id: str, metric: str) -> str:
-    """The footnote for a cell without any value."""
-    if not results.done(run_id):
-        return problem_text(results, run_id) or f"`{run_id}`: no finished seed."
-    if results.is_untrained(run_id) and metric in SEMI_KEYS:
-        return f"`{run_id}`: {RANDOM_INIT_SEMI}"
-    if results.is_untrained(run_id) and metric in COST_KEYS:
-        return f"`{run_id}`: {RANDOM_INIT_COST}"
-    return f"`{run_id}`: no finished seed reports `{metric}`."
-
-
-def metric_cell(results: Results, run_id: str, metric: str, notes: Footnotes, decimals: int = 1) -> str:
-    """``mean ± std`` over the finished seeds, or a marked ``—``."""
-    values = results.values(run_id, metric)
-    if values:
-        return fmt_mean_std(values, decimals)
-    return NO_VALUE + notes.mark(missing_reason(results, run_id, metric))
+def ssl_run(results: Results) -> str | None:
+    """A self-supervised arm whose budget the supervised label is compared with."""
+    return next((m for m in all_methods(results.manifest) if kind(results, m) == "ssl"), None)
 
 
 def method_cell(results: Results, run_id: str, notes: Footnotes) -> str:
-    """The run's name, marked when any of its seeds did not finish."""
+    """The run's label (supervised runs with their budget), marked when any of its seeds did not finish."""
     text = problem_text(results, run_id)
-    return run_id + (notes.mark(text) if text else "")
+    return row_label(results, run_id, ssl_run(results)) + (notes.mark(text) if text else "")
 
 
-def metric_table(results: Results, name: str, title: str, methods: list[str], columns: list[Column]) -> Table:
-    """One row per method: the given metric columns and n (number of finished seeds)."""
+def delta_cell(results: Results, run_id: str, ref: str, deltas: dict, notes: Footnotes) -> str:
+    """``+1.5 [-0.3, 3.3]``: the row's linear top-1 minus the reference's, with its Welch 95% CI."""
+    if run_id == ref:
+        return "(reference)"
+    test = deltas[ref][run_id]
+    if math.isnan(test.effect):
+        side = ref if not results.values(ref, "linear_top1") else run_id
+        return missing_cell(results, side, "linear_top1", notes)
+    return fmt_effect(test)
+
+
+def metric_table(results: Results, name: str, title: str, runs: list[str], columns: list[Column],
+                 comps: list[Comparison] | None = None, deltas: bool = False) -> Table:
+    """One row per run: the metric columns (``†`` on significant cells), optional Δ columns, n."""
     table = Table(name, title, pd.DataFrame())
-    rows = [[method_cell(results, m, table.notes)]
-            + [metric_cell(results, m, key, table.notes, dec) for _, key, dec in columns]
-            + [str(len(results.done(m)))] for m in methods]
-    table.frame = pd.DataFrame(rows, columns=["method", *[c[0] for c in columns], "n"])
+    marked = {(c.arm, c.metric) for c in comps or [] if c.significant}
+    delta = reference_deltas(results, runs) if deltas else {}
+    rows = []
+    for m in runs:
+        n_text, per_cell = row_n(results, m, [key for _, key, _ in columns])
+        cells = [metric_cell(results, m, key, table.notes, dec, per_cell, (m, key) in marked)
+                 for _, key, dec in columns]
+        if deltas:
+            cells[1:1] = [delta_cell(results, m, ref, delta, table.notes) for ref in DELTA_HEADERS]
+        rows.append([method_cell(results, m, table.notes), *cells, n_text])
+    headers = [c[0] for c in columns]
+    if deltas:
+        headers[1:1] = list(DELTA_HEADERS.values())
+    table.frame = pd.DataFrame(rows, columns=["method", *headers, "n"])
     return table
 
 
+def main_runs(results: Results) -> list[str]:
+    """The references first, then every arm of every ablation."""
+    return list(dict.fromkeys([*REFERENCES, *all_methods(results.manifest)]))
+
+
 def main_table(results: Results) -> Table:
-    """The VICReg paper's Table 1 layout over every arm, baselines first."""
-    return metric_table(results, "main", "All arms: linear and semi-supervised evaluation (top-1 / top-5 %)",
-                        all_methods(results.manifest), MAIN_COLUMNS)
+    """Every arm with the references: linear (with Δ to pixels and random init), kNN, semi-supervised."""
+    return metric_table(results, "main", "All arms: linear, kNN and semi-supervised top-1 (%), mean [95% CI]",
+                        main_runs(results), ACCURACY_COLUMNS, deltas=True)
 
 
-def ablation_table(results: Results, name: str) -> Table:
-    """One ablation's arms and baselines, with kNN, projector RankMe (and s/step for `layers`)."""
+def ablation_table(results: Results, name: str, runs: list[str], comps: list[Comparison]) -> Table:
+    """One ablation's references and arms; ``†`` marks the cells its Holm-corrected tests resolve."""
     abl = results.manifest["ablations"][name]
-    columns = MAIN_COLUMNS + ABLATION_EXTRA + ([COST_COLUMN] if name in COST_ABLATIONS else [])
-    return metric_table(results, name, abl.get("title", name), ablation_methods(abl), columns)
+    columns = [*ACCURACY_COLUMNS, RANKME_COLUMN, *([COST_COLUMN] if name in COST_ABLATIONS else [])]
+    return metric_table(results, name, abl.get("title", name), runs, columns, comps, deltas=True)
 
 
-def _collapse_row(results: Results, m: str, emb: str, notes: Footnotes) -> list[str]:
-    """One collapse-table row: method, embedding and its metrics."""
-    def cell(key: str, dec: int) -> str:
-        return metric_cell(results, m, f"{emb}_{key}", notes, dec)
-
-    s_mu = cell("s_mu", 3)
-    if results.values(m, f"{emb}_s_mu"):  # the bounds depend only on (n, d): one pair per arm
-        lower, upper = (mean_std(results.values(m, f"{emb}_s_mu_{b}"))[0] for b in ("lower", "upper"))
-        s_mu += f" [{lower:.3f}, {upper:.3f}]"
-    dim = results.values(m, f"{emb}_dim")
-    return [method_cell(results, m, notes), emb, s_mu, cell("s_mu_score", 3), cell("rankme", 1),
-            f"{dim[0]:.0f}" if dim else NO_VALUE, cell("frac_dead_dims", 3), cell("mean_abs_corr", 3),
-            str(len(results.done(m)))]
+def metric_decimals(key: str) -> int:
+    """Accuracies and ranks to 0.1; fractions and scores (in [0, 1]) to 0.001."""
+    return 3 if key.endswith(("_s_mu_score", "_frac_dead_dims", "_mean_abs_corr", "_s_mu")) else 1
 
 
-def collapse_table(results: Results) -> Table:
-    """Per arm and embedding (projector, backbone): s_mu with its bounds and the other collapse metrics."""
-    table = Table("collapse", "Collapse metrics on the test set (mean ± std over seeds)", pd.DataFrame())
-    rows = [_collapse_row(results, m, emb, table.notes)
-            for m in all_methods(results.manifest) for emb in COLLAPSE_EMBEDDINGS]
-    table.frame = pd.DataFrame(rows, columns=["method", "embedding", "s_mu [L, U]", "normalized score", "RankMe",
-                                              "dim", "dead dims (std < 1e-2)", "mean abs off-diag corr", "n"])
+def tests_table(name: str, title: str, comps: list[Comparison]) -> Table:
+    """Every test of one family: effect [Welch 95% CI], n, t, dof, p and Holm-adjusted p."""
+    table = Table(name, title, pd.DataFrame())
+    rows = []
+    for c in comps:
+        t = c.test
+        if math.isnan(t.effect):
+            effect = NO_VALUE + table.notes.mark("no finished seed in one of the two runs.")
+        else:
+            effect = fmt_effect(t, metric_decimals(c.metric))
+        verdict = ("yes" if c.significant else "no") if t.testable else "not testable" + table.notes.mark(
+            "a test needs two seeds per run with some spread between them.")
+        rows.append([c.pair, c.label, effect, f"{t.n_a} vs {t.n_b}",
+                     f"{t.t:.2f}" if t.testable else "n/a", f"{t.dof:.1f}" if t.testable else "n/a",
+                     fmt_p(t.p), fmt_p(c.p_holm), verdict])
+    table.frame = pd.DataFrame(rows, columns=["comparison", "metric", "effect [95% CI]", "n", "t", "dof", "p",
+                                              "p (Holm)", "significant"])
     return table
 
 
@@ -179,24 +136,24 @@ def cost_reference(results: Results, methods: list[str]) -> str | None:
 
 def cost_table(results: Results) -> Table:
     """Training cost per arm and its s/step relative to the reference arm."""
-    methods = all_methods(results.manifest)
+    methods = main_runs(results)
     ref = cost_reference(results, methods)
     columns: list[Column] = [COST_COLUMN, ("images/s", "images_per_sec", 0),
                              ("peak memory (MB)", "peak_memory_mb", 0), ("pretrain (s)", "pretrain_seconds", 0)]
-    table = metric_table(results, "cost", "Training cost (mean ± std over seeds)", methods, columns)
-    ref_mean = mean_std(results.values(ref, "sec_per_step"))[0] if ref else float("nan")
+    table = metric_table(results, "cost", "Training cost, mean [95% CI]", methods, columns)
+    ref_mean = describe(results.values(ref, "sec_per_step")).mean if ref else math.nan
     ratios = []
     for m in methods:
-        mean = mean_std(results.values(m, "sec_per_step"))[0]
-        ratios.append(f"{mean / ref_mean:.2f}" if ref and mean == mean and ref_mean > 0
-                      else NO_VALUE + table.notes.mark(missing_reason(results, m, "sec_per_step")))
+        mean = describe(results.values(m, "sec_per_step")).mean
+        ratios.append(f"{mean / ref_mean:.2f}" if ref and not math.isnan(mean) and ref_mean > 0
+                      else missing_cell(results, m, "sec_per_step", table.notes))
     table.frame.insert(len(columns) + 1, f"s/step ÷ {ref or 'reference'}", ratios)
     return table
 
 
 def sensitivity_table(results: Results) -> Table:
     """Every sweep point (the arm's own run included): coefficient vs linear top-1 and projector RankMe."""
-    table = Table("sensitivity", "Coefficient sensitivity (mean ± std over seeds)", pd.DataFrame())
+    table = Table("sensitivity", "Coefficient sensitivity, mean [95% CI]", pd.DataFrame())
     rows = []
     for abl_name, abl in results.manifest.get("ablations", {}).items():
         for sweep in abl.get("sweeps", []):
@@ -211,24 +168,3 @@ def sensitivity_table(results: Results) -> Table:
     table.frame = pd.DataFrame(rows, columns=["ablation", "arm", "coefficient", "value", "run", "linear top-1",
                                               "projector RankMe", "n"])
     return table
-
-
-def build_tables(results: Results) -> list[Table]:
-    """Main, one per ablation, collapse, cost and sensitivity, in report order."""
-    ablations = [ablation_table(results, name) for name in results.manifest.get("ablations", {})]
-    return [*ablations, main_table(results), collapse_table(results), cost_table(results),
-            sensitivity_table(results)]
-
-
-def write_table(table: Table, tables_dir: Path) -> list[Path]:
-    """``<name>.md`` (with footnotes), ``.csv`` (cells only) and ``.tex`` (booktabs + footnotes)."""
-    tables_dir.mkdir(parents=True, exist_ok=True)
-    md, csv, tex = (tables_dir / f"{table.name}.{ext}" for ext in ("md", "csv", "tex"))
-    md.write_text(table.markdown())
-    table.frame.to_csv(csv, index=False)
-    escaped = table.frame.map(latex_escape)
-    escaped.columns = [latex_escape(c) for c in table.frame.columns]
-    body = escaped.to_latex(index=False, escape=False) if len(table.frame) else "% no rows\n"
-    notes = "".join(f"\\par\\footnotesize {latex_escape(line)}\n" for line in table.notes.lines())
-    tex.write_text(f"% {latex_escape(table.title)}\n{body}{notes}")
-    return [md, csv, tex]
