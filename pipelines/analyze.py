@@ -1,4 +1,5 @@
-"""DVC stage `analyze`: tables, plots and REPORT.md from the run directories."""
+"""DVC stage `analyze`: tables, plots, REPORT.md, summary.json and README_results.md from the run
+directories (then `python pipelines/readme.py` puts the README block into README.md)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ def main() -> None:
     params = load_params()
     results = Path(compose_run(params.profile, params.overrides).paths.results)
     analyze(results)
-    print(f"wrote {results}/REPORT.md")
+    print(f"wrote {results}/REPORT.md; `python pipelines/readme.py --profile {params.profile}` updates README.md")
 
 
 if __name__ == "__main__":

@@ -276,7 +276,10 @@ def test_broken_inputs_never_crash(results_dir: tuple[Path, Path]) -> None:
 
 
 def test_empty_results_dir(tmp_path: Path) -> None:
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "collapse.md").write_text("a table an older analysis wrote")
     summary = analyze(tmp_path, tmp_path)
+    assert not (tmp_path / "tables" / "collapse.md").exists()
     assert summary["comparisons"] == {} and summary["arms"]["pixels"]["n"] == 0
     assert (tmp_path / "plots" / "spectra.png").read_bytes()[:8] == PNG_MAGIC
     assert "Seed runs by state: none." in (tmp_path / "REPORT.md").read_text()

@@ -150,6 +150,9 @@ def analyze(results_dir: Path, conf_dir: Path | None = None) -> dict[str, Any]:
     an = build(load_results(results_dir), conf_dir)
     tables = {t.name: t for t in build_tables(an)}
     tables_dir = results_dir / "tables"
+    # the directory is this stage's output alone: a table no longer built must not linger there
+    for stale in (p for p in tables_dir.glob("*") if p.suffix in (".md", ".csv", ".tex")):
+        stale.unlink()
     for table in tables.values():
         write_table(table, tables_dir)
     runs_frame(an.results).to_csv(tables_dir / "runs.csv", index=False)
