@@ -101,6 +101,10 @@ def test_significance_marks_and_holm(analyzed: tuple[Path, dict]) -> None:
     assert row(anti, "svmax")["linear top-1"].endswith("†") and row(anti, "svmax")["kNN-20 top-1"].endswith("†")
     assert not any(c.endswith("†") for c in row(anti, "var_l2"))
     assert not any(c.endswith("†") for c in row(anti, "vicreg_nocov"))  # the reference arm itself
+    versus = "linear top-1 vs reference arm"
+    assert row(anti, "svmax")[versus].startswith(f"vs vicreg_nocov: {80.5 - np.mean(top1('vicreg_nocov')):+.1f}, p ")
+    assert row(anti, "svmax")[versus].endswith("†") and not row(anti, "var_l2")[versus].endswith("†")
+    assert (row(anti, "vicreg_nocov")[versus], row(anti, "pixels")[versus]) == ("(reference arm)", "(not compared)")
     # the family: svmax / var_l2 on 4 metrics, inv_only on 2 (its fine-tuning is off): 10 tests
     assert list(tests["comparison"]).count("inv_only vs vicreg_nocov") == 2 and len(tests) == 10
     pairs = [("svmax", 0), ("var_l2", 0), ("inv_only", 0)]
@@ -149,6 +153,12 @@ def test_ablation_pairs_defaults_and_errors(tmp_path: Path) -> None:
     assert ablation_pairs("x", abl, tmp_path) == [("b", "a"), ("c", "a")]
     with pytest.raises(ValueError, match="unknown run 'zz'; valid: pixels, random_init, supervised, a, b, c"):
         ablation_pairs("x", {**abl, "comparisons": [["zz", "a"]]}, tmp_path)
+    # a sweep point of a known arm that an older manifest lacks: accepted (its row is marked missing)
+    assert ablation_pairs("x", {**abl, "comparisons": [["c@layer_weight=0.2", "c"]]}) == [("c@layer_weight=0.2", "c")]
+    (tmp_path / "x.yaml").write_text("comparisons: [[c, b]]\n")  # no comparisons in the manifest: conf/
+    assert ablation_pairs("x", abl, tmp_path) == [("c", "b")]
+    with pytest.raises(ValueError, match=r"\[arm, reference\]"):
+        ablation_pairs("x", {**abl, "comparisons": [["a"]]}, tmp_path)
 
 
 def test_collapse_tables_and_regime(analyzed: tuple[Path, dict]) -> None:
@@ -199,6 +209,7 @@ def test_report_findings_and_readme_block(analyzed: tuple[Path, dict]) -> None:
             f"{comp['ci_high']:.1f}] points, p (Holm) = ")
     assert line in report
     assert "not resolved at this scale: `var_l2` vs `vicreg_nocov` (`linear top-1`" in report
+    assert "; 20 (supervised)" in report and "false (inv_only, " in report  # protocol
     links = re.findall(r"\]\(([^)]+)\)", report)
     assert all((root / link).is_file() for link in links) and "plots/layers_collapse.png" in links
     assert "could not be drawn" not in report and "Traceback" not in report

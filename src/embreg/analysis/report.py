@@ -34,8 +34,9 @@ HOW_TO_READ = (
     "backbone), `supervised` (labelled with its pretraining budget). The Δ columns are a row's linear "
     "top-1 minus the reference's with the Welch 95% interval of the difference (descriptive, not corrected "
     "for multiple comparisons). A `†` marks a cell that differs from the arm's reference arm in this "
-    "ablation: Welch's t-test, Holm-corrected across the table's comparisons, adjusted p < 0.05; every "
-    "test with its effect, t, degrees of freedom, p and Holm p is listed under the table. *RankMe* is the "
+    "ablation: Welch's t-test, Holm-corrected across the table's comparisons, adjusted p < 0.05; the "
+    "column *linear top-1 vs reference arm* gives that difference with its adjusted p, and every test "
+    "with its effect, t, degrees of freedom, p and Holm p is listed under the table. *RankMe* is the "
     "effective rank of an embedding; the *normalized score* places the mean singular value s_mu of the "
     "l2-normalized embeddings between its lower bound L (0: one direction) and upper bound U (1: "
     "maximally spread). `—` with a superscript number has no value (see that footnote: a missing, failed "
@@ -86,6 +87,34 @@ def build_tables(an: Analysis) -> list[Table]:
     return [*out, main_table(res), regime_table(res, an.all_runs()), cost_table(res), sensitivity_table(res)]
 
 
+PROTOCOL_KEYS = ("pretrain.epochs", "pretrain.steps_per_epoch", "optim.name", "optim.lr", "optim.batch_size",
+                 "eval.probe_train_size", "eval.probe_epochs", "eval.probe_lr", "eval.knn_k", "eval.semi_supervised",
+                 "eval.finetune_epochs", "eval.finetune_lr_backbone", "eval.finetune_lr_head",
+                 "eval.finetune_batch_size")
+
+
+def protocol_section(an: Analysis) -> list[str]:
+    """The training and evaluation settings, read from the runs' config.yaml (one line per setting that
+    differs between runs), and which runs fine-tune."""
+    res = an.results
+    runs = [r for r in an.all_runs() if res.seeds(r)]
+    lines = []
+    for key in PROTOCOL_KEYS:
+        values: dict[str, list[str]] = {}
+        for rid in runs:
+            value = res.config_value(rid, key)
+            if value is not None:
+                values.setdefault(json.dumps(value), []).append(rid)
+        if len(values) == 1:
+            lines.append(f"- `{key}`: {next(iter(values))}")
+        elif values:
+            lines.append(f"- `{key}`: " + "; ".join(f"{v} ({', '.join(rids)})" for v, rids in values.items()))
+    tuned = [r for r in runs if res.done(r) and any(k.startswith("semi_") for s in res.done(r) for k in s.metrics)]
+    lines.append("- fine-tuned on 1% / 10% of the labels: " + (", ".join(tuned) or "none")
+                 + "; every other run's semi-supervised cells are empty by design or marked as failed")
+    return ["## Protocol (from the runs' config.yaml)", "", *lines, ""]
+
+
 def _bullets(lines: list[str]) -> list[str]:
     return [f"- {line}" for line in lines]
 
@@ -108,7 +137,7 @@ def render_report(an: Analysis, tables: dict[str, Table], plots: dict[str, Path]
                 _image(plots, errors, f"{name}_collapse", f"{name} collapse per layer"), "",
                 tables[f"{name}_collapse_tests"].markdown(),
                 "Computed from the collapse table:", "", *_bullets(findings(an.collapse[name])), ""]
-    out += ["## All arms", "", tables["main"].markdown(),
+    out += [*protocol_section(an), "## All arms", "", tables["main"].markdown(),
             "## Regime of each regularizer: batch b vs embedding dimension d", "",
             "SVMax's normalized score of a batch is (s_mu - L) / (U - L) with L = sqrt(b) / k, U = sqrt(b / k), "
             "k = min(b, d). The last column is that score for one seeded random Gaussian batch of the same shape "

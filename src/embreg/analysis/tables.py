@@ -96,11 +96,24 @@ def main_table(results: Results) -> Table:
                         main_runs(results), ACCURACY_COLUMNS, deltas=True)
 
 
+def versus_cell(run_id: str, comps: list[Comparison], metric: str = "linear_top1") -> str:
+    """``"vs vicreg_nocov: +2.7, p (Holm) = 0.012†"`` for each reference arm of the row (linear top-1)."""
+    mine = [c for c in comps if c.arm == run_id and c.metric == metric]
+    if not mine:
+        return "(reference arm)" if any(c.reference == run_id for c in comps) else "(not compared)"
+    return "; ".join(f"vs {c.reference}: {c.test.effect:+.1f}, p (Holm) = {fmt_p(c.p_holm)}"
+                     + ("†" if c.significant else "") for c in mine)
+
+
 def ablation_table(results: Results, name: str, runs: list[str], comps: list[Comparison]) -> Table:
-    """One ablation's references and arms; ``†`` marks the cells its Holm-corrected tests resolve."""
+    """One ablation's references and arms; ``†`` marks the cells its Holm-corrected tests resolve, and a
+    column gives each arm's linear top-1 difference to its reference arm with the adjusted p."""
     abl = results.manifest["ablations"][name]
     columns = [*ACCURACY_COLUMNS, RANKME_COLUMN, *([COST_COLUMN] if name in COST_ABLATIONS else [])]
-    return metric_table(results, name, abl.get("title", name), runs, columns, comps, deltas=True)
+    table = metric_table(results, name, abl.get("title", name), runs, columns, comps, deltas=True)
+    table.frame.insert(len(table.frame.columns) - 1, "linear top-1 vs reference arm",
+                       [versus_cell(m, comps) for m in runs])
+    return table
 
 
 def metric_decimals(key: str) -> int:
