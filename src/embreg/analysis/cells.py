@@ -122,7 +122,7 @@ def missing_cell(results: Results, run_id: str, metric: str, notes: Footnotes) -
 
 def row_n(results: Results, run_id: str, metrics: list[str]) -> tuple[str, bool]:
     """The row's n column and whether cells must carry their own n (when n differs across the row)."""
-    ns = {len(results.values(run_id, m)) for m in metrics} - {0}
+    ns = {len(results.values(run_id, m)) for m in metrics if by_design(results, run_id, m) is None} - {0}
     if len(ns) <= 1:
         return str(ns.pop() if ns else len(results.done(run_id))), False
     return f"{min(ns)}–{max(ns)} (per cell)", True
