@@ -212,6 +212,14 @@ def test_report_findings_and_readme_block(analyzed: tuple[Path, dict]) -> None:
     assert "; 20 (supervised)" in report and "false (inv_only, " in report  # protocol
     links = re.findall(r"\]\(([^)]+)\)", report)
     assert all((root / link).is_file() for link in links) and "plots/layers_collapse.png" in links
+    cols = 0  # every table row has its header's number of cells (no stray pipe inside a cell)
+    for text in report.splitlines():
+        if not text.startswith("|"):
+            cols = 0
+            continue
+        cells = len(re.findall(r"(?<!\\)\|", text))
+        cols = cols or cells
+        assert cells == cols, text
     assert "could not be drawn" not in report and "Traceback" not in report
     block = (root / "README_results.md").read_text()
     assert "| svmax " in block and line in block

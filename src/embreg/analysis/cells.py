@@ -21,7 +21,7 @@ _SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
 _LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
           "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "`": "",
           "±": r"$\pm$", "—": "---", "÷": r"$\div$", "|": r"\textbar{}", "<": r"\textless{}",
-          ">": r"\textgreater{}", "†": r"$^\dagger$", "Δ": r"$\Delta$", "−": "-", "×": r"$\times$",
+          ">": r"\textgreater{}", "≥": r"$\geq$", "†": r"$^\dagger$", "Δ": r"$\Delta$", "−": "-", "×": r"$\times$",
           **{s: rf"\textsuperscript{{{d}}}" for d, s in enumerate("⁰¹²³⁴⁵⁶⁷⁸⁹")}}
 NO_VALUE = "—"
 BY_DESIGN = "— (by design)"
@@ -61,7 +61,7 @@ class Table:
 
     def markdown(self) -> str:
         """The table (CSV-only columns dropped) followed by its footnotes (one per line)."""
-        frame = self.shown()
+        frame = self.shown().map(lambda c: str(c).replace("|", "\\|"))  # a bare pipe would split the cell
         text = frame.to_markdown(index=False, disable_numparse=True) if len(frame) else "_(no rows)_"
         return text + ("\n\n" + "  \n".join(self.notes.lines()) if self.notes.texts else "") + "\n"
 

@@ -26,7 +26,7 @@ TESTED_METRICS: list[tuple[str, str]] = [("linear top-1", "linear_top1"), ("kNN-
                                          ("10% top-1", "semi_10pct_top1"), ("1% top-1", "semi_1pct_top1")]
 # (label, suffix after "<embedding>_"): the collapse metrics tested per embedding
 COLLAPSE_METRICS: list[tuple[str, str]] = [("RankMe", "rankme"), ("normalized score", "s_mu_score"),
-                                           ("dead dims", "frac_dead_dims"), ("mean |corr|", "mean_abs_corr")]
+                                           ("dead dims", "frac_dead_dims"), ("mean abs corr", "mean_abs_corr")]
 
 
 @dataclass
