@@ -20,7 +20,7 @@ DONE = "done"
 # backbone output, so it normally appears as "backbone" rather than "layer4").
 LAYER_ORDER = ("layer1", "layer2", "layer3", "layer4", "backbone", "projector")
 LOSS_TERMS = ("invariance", "variance", "covariance", "svmax")
-# Keys the random-init baseline omits on purpose (it is never trained or fine-tuned).
+# Keys a run omits by design when it is never fine-tuned / never pretrained (see analysis.references).
 SEMI_KEYS = ("semi_1pct_top1", "semi_1pct_top5", "semi_10pct_top1", "semi_10pct_top5")
 COST_KEYS = ("steps", "sec_per_step", "images_per_sec", "peak_memory_mb")
 _SEED_DIR = re.compile(r"^seed(\d+)$")
@@ -215,11 +215,6 @@ class Results:
         """The metric over the finished seeds that report it (NaN dropped)."""
         vals = [r.metrics.get(metric) for r in self.done(run_id)]
         return [v for v in vals if v is not None and not math.isnan(v)]
-
-    def is_untrained(self, run_id: str) -> bool:
-        """The random-init baseline: its objective kind is "none" (never pretrained)."""
-        kinds = {config_value(r.config, "objective.kind") for r in self.seeds(run_id)} - {None}
-        return "none" in kinds if kinds else run_id.split("@")[0] == "random_init"
 
     def config_value(self, run_id: str, key_path: str) -> Any:
         """The key from the first seed whose config.yaml has it (written even for failed runs)."""
