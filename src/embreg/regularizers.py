@@ -135,11 +135,12 @@ def svmax_bounds(b: int, d: int) -> tuple[float, float]:
 FLOAT32_MIN_EIG_RATIO = 1e-3
 
 # Above this aspect ratio min(b, d) / max(b, d) the Gram matrix is barely smaller than E, and its
-# eigendecomposition (float64 whenever E is ill-conditioned, as a random near-square E is) costs
-# more than a float32 SVD of E itself: such shapes take the SVD. Measured (CPU, forward+backward
-# against torch.svd, docs in the function below): the Gram path is >= 1.4x up to 0.75 and 0.9x
-# at 1.0.
-SVD_MIN_ASPECT = 0.8
+# eigendecomposition (float64 whenever E is ill-conditioned, as a random square E is) costs as
+# much as a float32 SVD of E itself or more: such shapes take the SVD. Measured forward+backward
+# against torch.svd (one thread, CPU seconds, median of 2), the float64 Gram path being the
+# binding case (a nearly collapsed E): x1.96 at 1024 x 2048, x1.38 at 1536 x 2048, x1.06 at
+# 1792 x 2048 (random E there: float32, x2.37), x0.94 at 2048 x 2048; x1.08 at 4096 x 2048.
+SVD_MIN_ASPECT = 0.9
 
 
 def _gram(e: torch.Tensor, wide: bool) -> torch.Tensor:
