@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from embreg.config import ObjectiveConfig
+from embreg.config import AblationConfig, ObjectiveConfig
 from embreg.params import compose_run, group_options
 from embreg.registry import UnknownNameError
 
@@ -28,8 +28,53 @@ def test_every_ablation_names_existing_arms(ablation):
     assert abl.seeds == cfg.profile.seeds and len(abl.seeds) >= 2
     assert abl.sweep_seeds == cfg.profile.sweep_seeds
     for sweep in abl.sweeps:
-        assert sweep["arm"] in abl.arms and len(sweep["values"]) >= 2
+        assert sweep["arm"] in abl.arms and len(sweep["values"]) >= 1
         compose_run("default", [f"objective={sweep['arm']}", f"{sweep['key']}={sweep['values'][0]}"])
+    assert abl.comparisons, "every ablation names the differences its table tests"
+
+
+@pytest.mark.parametrize("ablation", group_options("ablation"))
+def test_comparison_names_are_the_launched_run_ids(ablation):
+    """Each comparison names a run the sweep trains, spelled as embreg.run.run_id spells it."""
+    from embreg.launch import ablation_jobs
+    from embreg.run import run_id
+
+    abl = compose_run("default", [f"ablation={ablation}"]).ablation
+    ids = {run_id(compose_run("default", job.overrides())) for job in ablation_jobs(abl)}
+    assert set(abl.run_ids()) == ids
+    assert {run for pair in abl.comparisons for run in pair} <= ids
+
+
+def test_layers_ablation_sweeps_the_stage_weight():
+    abl = compose_run("default", ["ablation=layers"]).ablation
+    assert ["svmax_all@layer_weight=0.2", "svmax"] in abl.comparisons
+    assert ["vicreg_all@layer_weight=0.2", "vicreg"] in abl.comparisons
+    assert compose_run("default", ["objective=svmax_all"]).objective.layer_weight == 1.0
+
+
+@pytest.mark.parametrize(
+    ("comparisons", "match"),
+    [([["svmax", "vicreg_all"]], "unknown ablation c comparison run 'vicreg_all'; valid: svmax, random_init, "
+      "svmax@svmax=0.1"),
+     ([["svmax@svmax=0.5", "svmax"]], "'svmax@svmax=0.5'"),
+     ([["svmax"]], r"each comparison is \[arm, reference\]")],
+)
+def test_bad_comparisons_fail_in_one_line(comparisons, match):
+    with pytest.raises(ValueError, match=match) as err:
+        AblationConfig(name="c", arms=["svmax"], baselines=["random_init"], comparisons=comparisons,
+                       sweeps=[{"arm": "svmax", "key": "objective.svmax", "values": [0.1]}])
+    assert "\n" not in str(err.value)
+
+
+def test_int_sweep_values_match_float_run_ids():
+    abl = AblationConfig(arms=["svmax"], sweeps=[{"arm": "svmax", "key": "objective.svmax", "values": [10]}],
+                         comparisons=[["svmax@svmax=10.0", "svmax"]])
+    assert abl.run_ids()[-1] == "svmax@svmax=10.0"
+
+
+def test_bad_comparison_in_an_ablation_file_fails_on_compose():
+    with pytest.raises(ValueError, match="unknown ablation layers comparison run 'nope'"):
+        compose_run("default", ["ablation=layers", "ablation.comparisons=[[nope,svmax]]"])
 
 
 def test_shared_runs_have_identical_fingerprints():

@@ -190,3 +190,63 @@ def test_spectrum_flat_and_rank_one():
     s = M.spectrum(torch.ones(8, 4, dtype=torch.float64), 4)
     assert s[0] == 1.0
     assert max(s[1:]) < 1e-12
+
+
+# ------------------------------------------------- Gram eigenvalues against the SVD they replace
+def svd_collapse(e: torch.Tensor, k: int) -> dict[str, object]:
+    """The SVD-based values the Gram path replaces (torch.linalg.svdvals, float64)."""
+    e = e.double()
+    n, d = e.shape
+    s = torch.linalg.svdvals(torch.nn.functional.normalize(e, dim=1))
+    lower, upper = math.sqrt(n) / min(n, d), math.sqrt(n / min(n, d))
+    raw = torch.linalg.svdvals(e)
+    p = raw / (raw.sum() + 1e-7) + 1e-7
+    return {"s_mu": float(s.mean()), "s_mu_score": (float(s.mean()) - lower) / (upper - lower),
+            "rankme": float(torch.exp(-(p * p.log()).sum())), "spectrum": (s / s[0])[:k].tolist()}
+
+
+def low_rank(n: int, d: int, r: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, r, generator=g, dtype=torch.float64) @ torch.randn(r, d, generator=g, dtype=torch.float64)
+
+
+CASES = {
+    "random": lambda n, d: gaussian(n, d, seed=11) + 0.2,
+    "low_rank": lambda n, d: low_rank(n, d, 3, seed=12),
+    "rank_one": lambda n, d: torch.linspace(1.0, 3.0, n, dtype=torch.float64)[:, None]
+    * torch.linspace(-1.0, 2.0, d, dtype=torch.float64)[None, :],
+}
+
+
+@pytest.mark.parametrize("shape", [(8, 4), (4, 8), (64, 64), (300, 40), (40, 300)])
+@pytest.mark.parametrize("case", list(CASES))
+def test_gram_spectrum_matches_svd(shape, case):
+    e = CASES[case](*shape)
+    k = min(shape)
+    ref = svd_collapse(e, k)
+    m = M.collapse_metrics(e)
+    assert m["s_mu"] == pytest.approx(ref["s_mu"], rel=1e-9)
+    assert m["s_mu_score"] == pytest.approx(ref["s_mu_score"], rel=1e-9, abs=1e-9)
+    assert m["rankme"] == pytest.approx(ref["rankme"], rel=1e-9)
+    np.testing.assert_allclose(M.spectrum(e, k), ref["spectrum"], rtol=1e-9, atol=1e-9)
+    assert len(M.row_singular_values(e)) == k
+
+
+def test_collapse_report_shares_one_decomposition():
+    """evaluate.collapse_report gives what the two public functions give on their own."""
+    from embreg.evaluate import collapse_report
+
+    feats = {"a": gaussian(50, 20, seed=13), "b": CASES["low_rank"](30, 60)}
+    metrics, spectra = collapse_report(feats, 5)
+    for name, e in feats.items():
+        assert metrics[name] == M.collapse_metrics(e)
+        assert spectra[name] == M.spectrum(e, 5)
+
+
+def test_singular_values_floor_noise_only():
+    """Rank one: the k - 1 rounding-noise values are exactly 0; a real singular value 1e-4 of
+    the largest is kept."""
+    s = M.singular_values(CASES["rank_one"](64, 32))
+    assert s[0] > 0 and torch.count_nonzero(s[1:]) == 0
+    e = torch.diag(torch.tensor([1.0, 1e-4], dtype=torch.float64))
+    torch.testing.assert_close(M.singular_values(e), torch.tensor([1.0, 1e-4], dtype=torch.float64))

@@ -1,5 +1,5 @@
 """embreg.objective: the weighted total, the embedding space, zero coefficients and the
-"all layers" average."""
+"all layers" arm (the last-layer arm plus weighted stage terms)."""
 
 from __future__ import annotations
 
@@ -138,7 +138,7 @@ def test_last_layer_ignores_taps():
     total, logged = O.ssl_loss(z1, z2, t1, t2, obj)
     total_no_taps, _ = O.ssl_loss(z1, z2, {}, {}, obj)
     assert float(total.detach()) == float(total_no_taps.detach())
-    assert not any(k.endswith("_all_layers") for k in logged)
+    assert not any(k.endswith("_stages") for k in logged)
     total.backward()
     assert all(t.grad is None for t in [*t1.values(), *t2.values()])
 
@@ -166,8 +166,8 @@ def test_zero_coefficient_contributes_nothing(layers, zero):
     t1, t2 = taps(grad=True)
     total, logged = O.ssl_loss(z1, z2, t1, t2, obj)
     assert logged[zero] != 0.0  # it is logged, yet not in the total
-    key = (lambda n: f"{n}_all_layers") if layers == "all" else (lambda n: n)
-    expected = 25.0 * logged["invariance"] + sum(BASE[n] * logged[key(n)] for n in REGS if n != zero)
+    stages = (lambda n: logged[f"{n}_stages"]) if layers == "all" else (lambda n: 0.0)
+    expected = 25.0 * logged["invariance"] + sum(BASE[n] * (logged[n] + stages(n)) for n in REGS if n != zero)
     assert float(total.detach()) == pytest.approx(expected, rel=1e-10)
 
     # the gradient equals that of the same total built without the zero term at all
@@ -180,10 +180,9 @@ def test_zero_coefficient_contributes_nothing(layers, zero):
     for name in REGS:
         if name == zero:
             continue
-        vals = [O.regularizer_terms(y1, y2, obj)[name]]
+        ref = ref + BASE[name] * O.regularizer_terms(y1, y2, obj)[name]
         if layers == "all":
-            vals += [O.regularizer_terms(u1[n], u2[n], obj)[name] for n in sorted(u1)]
-        ref = ref + BASE[name] * torch.stack(vals).mean()
+            ref = ref + BASE[name] * sum(O.regularizer_terms(u1[n], u2[n], obj)[name] for n in sorted(u1))
     ref.backward()
     torch.testing.assert_close(grads[0], y1.grad, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(grads[1], y2.grad, rtol=1e-10, atol=1e-12)
@@ -214,27 +213,31 @@ def test_zero_invariance_coefficient_gives_zero_invariance_gradient():
 
 # ---------------------------------------------------------------------- layers = "all"
 @pytest.mark.parametrize("space", ["raw", "l2"])
-def test_all_layers_averages_each_regularizer(space):
+@pytest.mark.parametrize("layer_weight", [1.0, 0.2, 2.0])
+def test_all_layers_adds_weighted_stage_sums(space, layer_weight):
     coeffs = {"invariance": 25.0, "variance": 25.0, "covariance": 1.0, "svmax": 0.7}
-    obj = ObjectiveConfig(space=space, layers="all", **coeffs)
+    obj = ObjectiveConfig(space=space, layers="all", layer_weight=layer_weight, **coeffs)
     z1, z2 = views(seed=11)
     t1, t2 = taps()
     total, logged = O.ssl_loss(z1, z2, t1, t2, obj)
 
-    per_layer = [expected_terms(z1, z2, obj)] + [expected_terms(t1[n], t2[n], obj) for n in TAP_WIDTHS]
-    avg = {name: float(np.mean([t[name] for t in per_layer])) for name in REGS}
+    final = expected_terms(z1, z2, obj)
+    stages = [expected_terms(t1[n], t2[n], obj) for n in TAP_WIDTHS]
     inv = expected_invariance(z1, z2, space)  # invariance: final embedding only
     for name in REGS:
-        assert logged[f"{name}_all_layers"] == pytest.approx(avg[name], rel=1e-10)
-        assert logged[name] == pytest.approx(per_layer[0][name], rel=1e-10)  # final layer alone
+        assert logged[name] == pytest.approx(final[name], rel=1e-10)  # final embedding alone
+        stage_sum = layer_weight * sum(t[name] for t in stages)
+        assert logged[f"{name}_stages"] == pytest.approx(stage_sum, rel=1e-10)
     assert logged["invariance"] == pytest.approx(inv, rel=1e-10)
-    expected = coeffs["invariance"] * inv + sum(coeffs[n] * avg[n] for n in REGS)
+    expected = coeffs["invariance"] * inv + sum(
+        coeffs[n] * (final[n] + layer_weight * sum(t[n] for t in stages)) for n in REGS
+    )
     assert float(total.detach()) == pytest.approx(expected, rel=1e-10)
     assert logged["loss"] == pytest.approx(expected, rel=1e-10)
 
 
-def test_all_layers_average_not_sum():
-    """With identical taps and final embedding the average equals the last-layer value."""
+def test_all_layers_sum_not_average():
+    """With taps identical to the final embedding, each stage adds the final term once more."""
     obj_all = ObjectiveConfig(layers="all", svmax=1.0)
     obj_last = ObjectiveConfig(layers="last", svmax=1.0)
     z1, z2 = views(seed=12)
@@ -242,16 +245,70 @@ def test_all_layers_average_not_sum():
     t2 = {"a": z2.clone(), "b": z2.clone()}
     total_all, logged = O.ssl_loss(z1, z2, t1, t2, obj_all)
     total_last, _ = O.ssl_loss(z1, z2, t1, t2, obj_last)
-    assert float(total_all.detach()) == pytest.approx(float(total_last.detach()), rel=1e-12)
+    regs = sum(getattr(obj_all, n) * logged[n] for n in REGS)
+    assert float(total_all.detach()) == pytest.approx(float(total_last.detach()) + 2 * regs, rel=1e-12)
     for name in REGS:
-        assert logged[f"{name}_all_layers"] == pytest.approx(logged[name], rel=1e-12)
+        assert logged[f"{name}_stages"] == pytest.approx(2 * logged[name], rel=1e-12)
 
 
 def test_all_layers_without_taps_equals_last():
     z1, z2 = views(seed=13)
-    total_all, _ = O.ssl_loss(z1, z2, {}, {}, ObjectiveConfig(layers="all", svmax=0.3))
+    total_all, logged = O.ssl_loss(z1, z2, {}, {}, ObjectiveConfig(layers="all", svmax=0.3))
     total_last, _ = O.ssl_loss(z1, z2, {}, {}, ObjectiveConfig(layers="last", svmax=0.3))
     assert float(total_all.detach()) == pytest.approx(float(total_last.detach()), rel=1e-12)
+    assert all(logged[f"{n}_stages"] == 0.0 for n in REGS)
+
+
+def arm(name: str, **overrides) -> ObjectiveConfig:
+    """An arm's objective exactly as conf/objective composes it."""
+    from embreg.params import compose_run
+
+    obj = compose_run("default", [f"objective={name}"]).objective
+    for key, value in overrides.items():
+        setattr(obj, key, value)
+    obj.validate()
+    return obj
+
+
+def final_and_tap_grads(obj: ObjectiveConfig) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Gradients of the total on (z1, z2) and on every tap, one fixed batch."""
+    z1, z2 = views(seed=40, grad=True)
+    t1, t2 = taps(seed=41, grad=True)
+    O.ssl_loss(z1, z2, t1, t2, obj)[0].backward()
+    tap_grads = [t.grad for t in [*t1.values(), *t2.values()]]
+    return [z1.grad, z2.grad], tap_grads
+
+
+@pytest.mark.parametrize(("last", "all_"), [("svmax", "svmax_all"), ("vicreg", "vicreg_all")])
+@pytest.mark.parametrize("layer_weight", [1.0, 0.2, 0.0])
+def test_all_layer_arm_nests_the_last_layer_arm(last, all_, layer_weight):
+    """Ablation C compares like with like: on one batch, the gradient reaching the final
+    embedding is the last-layer arm's, whatever the stage weight."""
+    ref, ref_taps = final_and_tap_grads(arm(last))
+    got, got_taps = final_and_tap_grads(arm(all_, layer_weight=layer_weight))
+    assert all(g is None for g in ref_taps)
+    for a, b in zip(got, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+    if layer_weight == 0:  # the stage terms are logged only, outside the graph
+        assert all(g is None for g in got_taps)
+    else:
+        assert all(g is not None and torch.count_nonzero(g) > 0 for g in got_taps)
+
+
+@pytest.mark.parametrize("name", ["svmax_all", "vicreg_all"])
+def test_stage_gradient_scales_with_layer_weight(name):
+    _, one = final_and_tap_grads(arm(name, layer_weight=1.0))
+    _, two = final_and_tap_grads(arm(name, layer_weight=2.0))
+    _, half = final_and_tap_grads(arm(name, layer_weight=0.5))
+    for g1, g2, g05 in zip(one, two, half, strict=True):
+        torch.testing.assert_close(g2, 2.0 * g1, rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(g05, 0.5 * g1, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("bad", [-0.1, math.inf, math.nan])
+def test_layer_weight_must_be_finite_and_non_negative(bad):
+    with pytest.raises(ValueError, match="objective.layer_weight must be finite and >= 0"):
+        ObjectiveConfig(layers="all", layer_weight=bad).validate()
 
 
 def test_all_layers_gradient_reaches_taps():

@@ -54,10 +54,11 @@ def test_history_has_every_term_per_epoch(smoke_cfg, tmp_path):
     train = load_split(cfg.paths.data, "fashion_mnist", train=True)
     res = pretrain(cfg, _model(cfg), train, tmp_path / "c.pt", progress=False)
     assert [h["epoch"] for h in res["history"]] == [1, 2]
-    for key in ("loss", "invariance", "variance", "covariance", "svmax", "variance_all_layers", "lr"):
+    for key in ("loss", "invariance", "variance", "covariance", "svmax", "variance_stages", "lr"):
         assert all(key in h for h in res["history"]), key
     h = res["history"][0]
-    expected = 25 * h["invariance"] + 25 * h["variance_all_layers"] + 1 * h["covariance_all_layers"]
+    expected = (25 * h["invariance"] + 25 * (h["variance"] + h["variance_stages"])
+                + 1 * (h["covariance"] + h["covariance_stages"]))
     assert h["loss"] == pytest.approx(expected, rel=1e-5)
     assert res["cost"]["sec_per_step"] > 0 and res["cost"]["peak_memory_mb"] > 0
 

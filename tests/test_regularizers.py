@@ -641,11 +641,13 @@ def test_precision_follows_the_conditioning(shape, ratio, path):
 
 def test_precision_of_random_matrices():
     """Rectangular random embeddings are well conditioned (float32); a square one has singular
-    values near 0 (float64), where a float32 Gram matrix would be off by percents."""
+    values near 0, where a float32 Gram matrix would be off by percents: its Gram path would be
+    float64, and the dispatch takes the SVD instead."""
     g = torch.Generator().manual_seed(0)
     assert R.spectrum_precision(F.normalize(torch.randn(128, 1024, generator=g), dim=1)) == "float32"
     square = F.normalize(torch.randn(256, 256, generator=g), dim=1)
-    assert R.spectrum_precision(square) == "float64"
+    assert R.spectrum_precision(square) == "svd"
+    assert R._float32_spectrum(square, True, False) is None  # the Gram path would need float64
     assert R.mean_singular_value(square).item() == pytest.approx(svd_reference(square)[0], rel=1e-6)
 
 
@@ -675,3 +677,54 @@ def test_value_without_gradient_equals_value_with_gradient():
             cheap = R.mean_singular_value(e, normalize=False)
         full = R.mean_singular_value(e.clone().requires_grad_(), normalize=False)
         assert cheap.item() == pytest.approx(full.item(), rel=1e-6)
+
+
+# ------------------------------------------------------------- near-square shapes take the SVD
+@pytest.mark.parametrize(("b", "d", "svd"), [(256, 256, True), (240, 256, True), (256, 240, True),
+                                             (224, 256, False), (256, 2048, False), (4096, 2048, False)])
+def test_dispatch_follows_the_aspect_ratio(b, d, svd):
+    assert R.uses_svd(b, d) is svd
+    assert R.uses_svd(b, d) == (min(b, d) / max(b, d) > R.SVD_MIN_ASPECT)
+
+
+@pytest.mark.parametrize("shape", [(256, 256), (240, 256), (256, 240)])
+@pytest.mark.parametrize("ratio", [0.5, 1e-3, None], ids=["conditioned", "ill-conditioned", "random"])
+def test_svd_path_equals_torch_svd(shape, ratio):
+    """Square shapes take the SVD: value and gradient are torch.svd's (float32). Against a
+    float64 SVD the value meets test_precision_follows_the_conditioning's 1e-6 and the gradient
+    its float32 bound 1e-4 (measured: ~3e-6, ~1e-5 when the spectrum spans 1e-3)."""
+    if ratio is None:
+        e = torch.randn(*shape, generator=torch.Generator().manual_seed(7))
+    else:
+        e = spectrum(*shape, ratio)
+    assert R.spectrum_precision(F.normalize(e, dim=1)) == "svd"
+    a, b = e.clone().requires_grad_(), e.clone().requires_grad_()
+    ours = R.mean_singular_value(a)
+    ref = torch.svd(F.normalize(b, dim=1))[1].mean()
+    ours.backward()
+    ref.backward()
+    assert ours.dtype == torch.float32
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-6)
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-7)
+    # against float64: the polar factor of the normalized rows, chained through the normalization
+    c = e.double().requires_grad_()
+    exact = torch.linalg.svdvals(F.normalize(c, dim=1)).mean()
+    exact.backward()
+    assert ours.item() == pytest.approx(exact.item(), rel=1e-6)
+    assert float((a.grad.double() - c.grad).norm() / c.grad.norm()) < 1e-4
+
+
+def test_svd_path_rank_one_is_finite_and_at_the_lower_bound():
+    e = rank_one_multiples(128, 128).float().requires_grad_()
+    value = R.mean_singular_value(e)
+    value.backward()
+    assert value.item() == pytest.approx(R.svmax_bounds(128, 128)[0], rel=1e-4)
+    assert torch.isfinite(e.grad).all()
+
+
+def test_svd_path_keeps_float64():
+    e = rand(32, 32, seed=41).requires_grad_()
+    value = R.mean_singular_value(e)
+    assert value.dtype == torch.float64
+    assert value.item() == pytest.approx(np_mean_singular_value(e.detach().numpy()), **TIGHT)
+    assert torch.autograd.gradcheck(R.mean_singular_value, (e,))

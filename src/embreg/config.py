@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -71,6 +72,9 @@ class ObjectiveConfig:
     covariance: float = 1.0
     svmax: float = 0.0
     layers: str = "last"  # last: final embedding only; all: also every stage's pooled output
+    # all: each stage's regularizers are added times this weight on top of the final embedding's
+    # (which keep their full coefficients); 1 = every layer regularized alike, like weight decay
+    layer_weight: float = 1.0
     # variance target std. In l2 space the terms see sqrt(d) * (unit rows), so gamma = 1 there
     # is the hinge at 1/sqrt(d) on the sphere, divided by 1/sqrt(d): it spans [0, 1] like 1-score
     gamma: float = 1.0
@@ -87,6 +91,8 @@ class ObjectiveConfig:
             value = getattr(self, term)
             if not value >= 0:  # also catches NaN
                 raise ValueError(f"coefficient objective.{term} must be >= 0, got {value}")
+        if not 0 <= self.layer_weight < math.inf:  # also catches NaN
+            raise ValueError(f"objective.layer_weight must be finite and >= 0, got {self.layer_weight}")
 
 
 @dataclass
@@ -174,6 +180,27 @@ class AblationConfig:
     sweep_seeds: list[int] = field(default_factory=lambda: [0, 1])
     # sensitivity curves read linear top-1 and collapse metrics: skip fine-tuning there
     sweep_overrides: list[str] = field(default_factory=lambda: ["eval.semi_supervised=false"])
+    # [arm, reference] pairs of run ids the analysis tests for a difference; a sweep point's id is
+    # <arm>@<last part of its key>=<value>, as embreg.run.run_id names it
+    comparisons: list[list[str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # composing an ablation (embreg.params.compose_run) builds this object: fail there
+        self.validate()
+
+    def run_ids(self) -> list[str]:
+        """The ablation's arms, baselines and sweep points, by run id."""
+        points = [f"{sw['arm']}@{str(sw['key']).split('.')[-1]}={_as_schema_type(sw['key'], v)}"
+                  for sw in self.sweeps for v in sw.get("values", [])]
+        return [*self.arms, *self.baselines, *points]
+
+    def validate(self) -> None:
+        valid = self.run_ids()
+        for pair in self.comparisons:
+            if len(pair) != 2:
+                raise ValueError(f"ablation {self.name}: each comparison is [arm, reference], got {list(pair)}")
+            for run in pair:
+                check_choice(f"ablation {self.name} comparison run", run, valid)
 
 
 @dataclass
@@ -230,6 +257,17 @@ class RunConfig:
     def fingerprint(self, code_hash: str = "") -> str:
         blob = json.dumps({"config": self.science(), "code": code_hash}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _as_schema_type(key: str, value: Any) -> Any:
+    """A swept value as the typed run config holds it (``10`` for a float key is ``10.0``), so
+    an id built from the ablation file matches embreg.run.run_id's."""
+    default: Any = RunConfig()
+    for part in str(key).split("."):
+        default = getattr(default, part, None)
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 def register_configs() -> None:

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from embreg.config import EvalConfig
 from embreg.data import AugmentSpec, Normalizer, Split, augment, batch_images
-from embreg.metrics import collapse_metrics, spectrum
+from embreg.metrics import collapse_metrics, row_singular_values, spectrum
 from embreg.models import EmbeddingModel
 from embreg.optim import cosine_schedule
 
@@ -178,7 +178,11 @@ def finetune(
 
 
 def collapse_report(feats: dict[str, torch.Tensor], k: int) -> tuple[dict, dict]:
-    """Collapse metrics and leading singular values for every embedding extracted on test."""
-    metrics = {name: collapse_metrics(e) for name, e in feats.items()}
-    spectra = {name: spectrum(e, k) for name, e in feats.items()}
+    """Collapse metrics and leading singular values for every embedding extracted on test; one
+    Gram eigendecomposition of the normalized rows serves both (and one of the raw rows RankMe)."""
+    metrics, spectra = {}, {}
+    for name, e in feats.items():
+        rows = row_singular_values(e)
+        metrics[name] = collapse_metrics(e, rows)
+        spectra[name] = spectrum(e, k, rows)
     return metrics, spectra

@@ -1,7 +1,15 @@
 """An arm's training objective: which terms, in which space, on which layers.
 
-``ssl_terms`` returns every term's value on the final embedding (for the loss-term curves, also
+``ssl_loss`` returns every term's value on the final embedding (for the loss-term curves, also
 the terms an arm does not train with, computed without gradient) and the weighted total.
+
+Layers (ablation C). The all-layer arm is the last-layer arm plus the same regularizers on every
+stage's pooled output: the final embedding keeps its full coefficients (on one batch the
+gradient reaching it is the last-layer arm's), and each stage term is added on top, times
+``objective.layer_weight``. This is weight decay's pattern, a penalty applied to every layer
+(A. Taha's review "Feature Embedding Regularizers: SVMax & VICReg"), and VCReg's per-block
+regularization (Zhu et al., 2023). Averaging over layers instead would hand the final embedding
+1/(1 + n_stages) of its coefficient and so change two things at once.
 """
 
 from __future__ import annotations
@@ -58,6 +66,19 @@ def regularizer_terms(
     return out
 
 
+def stage_terms(
+    taps1: dict[str, torch.Tensor], taps2: dict[str, torch.Tensor], obj: ObjectiveConfig
+) -> dict[str, torch.Tensor]:
+    """Each regularizer summed over the stages' pooled outputs (taps: name -> (b, c)), unweighted.
+    Without taps every sum is 0. A ``layer_weight`` of 0 keeps them out of the graph (logging only)."""
+    if not taps1:
+        zero = torch.zeros(())
+        return {"variance": zero, "covariance": zero, "svmax": zero}
+    with torch.set_grad_enabled(torch.is_grad_enabled() and obj.layer_weight > 0):
+        per_stage = [regularizer_terms(taps1[n], taps2[n], obj) for n in sorted(taps1)]
+    return {k: torch.stack([t[k] for t in per_stage]).sum() for k in per_stage[0]}
+
+
 def ssl_loss(
     z1: torch.Tensor,
     z2: torch.Tensor,
@@ -67,21 +88,26 @@ def ssl_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Weighted total and the logged terms. z: (b, d) projector outputs; taps: name -> (b, c).
 
-    Invariance is always on the final embedding. With ``layers == "all"`` each regularizer is
-    averaged over the final embedding and every stage's pooled output, so its coefficient
-    means the same as in the last-layer arm (a sum would also scale the regularizer up).
+    total = invariance * inv(z) + sum_t coeff_t * (t(z) + layer_weight * sum_stages t(tap)),
+    the stage sum only with ``layers == "all"``. Invariance is always on the final embedding.
+    Logged: each term on the final embedding (``variance``, ...), and for the all-layer arm
+    the weighted stage sum (``variance_stages`` = layer_weight * sum over stages), so
+    ``loss = invariance_coeff * invariance + sum_t coeff_t * (t + t_stages)``.
     """
     inv = invariance(z1, z2, obj.space)
     terms = regularizer_terms(z1, z2, obj)
     logged = {"invariance": inv.detach(), **{k: v.detach() for k, v in terms.items()}}
-    if obj.layers == "all":
-        per_layer = [terms] + [regularizer_terms(taps1[n], taps2[n], obj) for n in sorted(taps1)]
-        terms = {k: torch.stack([t[k] for t in per_layer]).mean() for k in terms}
-        logged.update({f"{k}_all_layers": v.detach() for k, v in terms.items()})
     total = obj.invariance * inv
     for name, value in terms.items():
         coeff = getattr(obj, name)
         if coeff > 0:
             total = total + coeff * value
+    if obj.layers == "all":
+        for name, value in stage_terms(taps1, taps2, obj).items():
+            weighted = obj.layer_weight * value
+            logged[f"{name}_stages"] = weighted.detach()
+            coeff = getattr(obj, name)
+            if coeff > 0 and obj.layer_weight > 0:
+                total = total + coeff * weighted
     logged["loss"] = total.detach()
     return total, {k: float(v) for k, v in logged.items()}

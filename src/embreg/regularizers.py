@@ -134,6 +134,14 @@ def svmax_bounds(b: int, d: int) -> tuple[float, float]:
 # is off by 4e-2, a near-collapsed one loses its gradient), so float64 is used.
 FLOAT32_MIN_EIG_RATIO = 1e-3
 
+# Above this aspect ratio min(b, d) / max(b, d) the Gram matrix is barely smaller than E, and its
+# eigendecomposition (float64 whenever E is ill-conditioned, as a random square E is) costs as
+# much as a float32 SVD of E itself or more: such shapes take the SVD. Measured forward+backward
+# against torch.svd (one thread, CPU seconds, median of 2), the float64 Gram path being the
+# binding case (a nearly collapsed E): x1.96 at 1024 x 2048, x1.38 at 1536 x 2048, x1.06 at
+# 1792 x 2048 (random E there: float32, x2.37), x0.94 at 2048 x 2048; x1.08 at 4096 x 2048.
+SVD_MIN_ASPECT = 0.9
+
 
 def _gram(e: torch.Tensor, wide: bool) -> torch.Tensor:
     return e @ e.T if wide else e.T @ e
@@ -156,9 +164,17 @@ def _float32_spectrum(e32: torch.Tensor, wide: bool, vectors: bool):
     return lam, vec
 
 
+def uses_svd(b: int, d: int) -> bool:
+    """Whether ``mean_singular_value`` takes the SVD for a (b, d) matrix (see ``SVD_MIN_ASPECT``)."""
+    return min(b, d) / max(b, d) > SVD_MIN_ASPECT
+
+
 def spectrum_precision(e: torch.Tensor) -> str:
     """Which path ``mean_singular_value`` takes for the (already normalized) (b, d) matrix ``e``:
+    ``"svd"`` (near-square, in e's own dtype), else the Gram matrix's eigenvalues in
     ``"float32"`` (well-conditioned) or ``"float64"``."""
+    if uses_svd(*e.shape):
+        return "svd"
     if e.dtype == torch.float64:
         return "float64"
     fast = _float32_spectrum(e.detach().float(), e.shape[0] <= e.shape[1], False)
@@ -224,10 +240,19 @@ def mean_singular_value(e: torch.Tensor, normalize: bool = True) -> torch.Tensor
     well-conditioned and in float64 otherwise (see ``_MeanSingularValue``): equal to
     ``torch.linalg.svdvals(e).mean()`` to float32 precision, several times faster for b << d
     (``make bench``), with finite gradients for a collapsed, rank-one embedding.
+
+    Near-square shapes (``uses_svd``) take ``torch.linalg.svdvals`` of e instead, with its own
+    backward (the polar factor U V^T / k, finite for any e). It runs in e's dtype: an SVD works
+    on e, not on the Gram matrix, so it does not square the condition number, and in float32 it
+    resolves singular values down to ~1e-7 of the largest as the float64 Gram path does: value
+    to ~1e-7 relative of a float64 SVD, gradient to ~3e-6 (~1e-5 when the spectrum spans 1e-3;
+    the float64 Gram path reaches 1e-6 there, at more than an SVD's cost), i.e. torch.svd's own.
     """
     _check_2d(e, "e")
     if normalize:
         e = F.normalize(e, dim=1)
+    if uses_svd(*e.shape):
+        return torch.linalg.svdvals(e).mean()
     return _MeanSingularValue.apply(e)
 
 
