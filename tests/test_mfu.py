@@ -130,3 +130,11 @@ def _fake(threads: list[int], batch: int) -> dict:
 def test_cli_rejects_bad_arguments() -> None:
     with pytest.raises(SystemExit):
         mfu.main(["--threads", "0"])
+
+
+@pytest.mark.slow
+def test_jobs_throughput_runs_its_workers_together() -> None:
+    """Two worker processes of one thread each start from a common time and report their images."""
+    res = mfu.jobs_throughput(2, 1, steps=2, batch=4, delay_s=40.0)
+    assert res["jobs"] == 2 and res["threads"] == 1
+    assert 0 < res["images_per_s"] < math.inf
