@@ -145,13 +145,24 @@ def save_state(ckpt_path: Path, model, optimizer, gen: torch.Generator, st: Trai
     })
 
 
-def cost_summary(step_times: list[float], batch_size: int, device: torch.device) -> dict[str, float]:
-    """Median step time (the first step includes allocator warm-up) and peak memory."""
-    timed = sorted(step_times[1:] or step_times)
-    med = timed[len(timed) // 2] if timed else float("nan")
-    return {"steps": len(step_times), "sec_per_step": med,
-            # training samples per second; each sample is two views in the SSL arms
-            "images_per_sec": batch_size / med, "peak_memory_mb": peak_memory_mb(device)}
+def _median_after_first(times: list[float]) -> float:
+    timed = sorted(times[1:] or times)  # the first step includes allocator warm-up
+    return timed[len(timed) // 2] if timed else float("nan")
+
+
+def cost_summary(
+    step_times: list[float], batch_size: int, device: torch.device, cpu_times: list[float] | None = None,
+) -> dict[str, float]:
+    """Median step time, peak memory and, given ``cpu_times``, the median CPU seconds per step
+    (all of this process's threads): a step whose wall time is well above its CPU time over
+    the thread count waited for a core, i.e. other processes were running."""
+    med = _median_after_first(step_times)
+    out = {"steps": len(step_times), "sec_per_step": med,
+           # training samples per second; each sample is two views in the SSL arms
+           "images_per_sec": batch_size / med, "peak_memory_mb": peak_memory_mb(device)}
+    if cpu_times:
+        out["cpu_sec_per_step"] = _median_after_first(cpu_times)
+    return out
 
 
 def pretrain(
@@ -179,12 +190,13 @@ def pretrain(
             save_state(ckpt_path, model, optimizer, gen, st, fingerprint)
         periodic.reset()
 
+    cpu_times: list[float] = []  # this process's steps only (not checkpointed): see cost_summary
     bar = tqdm(total=total, initial=st.step, desc=f"{cfg.arm}/seed{cfg.seed}",
                disable=not progress or not dist.is_main, mininterval=5, leave=False)
     with SignalCheckpoint() as signals:
         while st.step < total:
             epoch, i = divmod(st.step, spe)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             set_lr(optimizer, lrs[st.step])
             idx = st.stream.next(cfg.optim.batch_size, gen)
             x, y = batch_images(train.images, idx, device), train.labels[idx].to(device)
@@ -200,6 +212,7 @@ def pretrain(
             average_gradients(model)
             optimizer.step()
             st.step_times.append(time.perf_counter() - t0)
+            cpu_times.append(time.process_time() - c0)
             for k, v in terms.items():
                 st.sums[k] = st.sums.get(k, 0.0) + v
             st.step += 1
@@ -217,5 +230,5 @@ def pretrain(
     bar.close()
     if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):  # the last update blew up
         raise DivergedError(f"weights are not finite after the last step ({st.step})")
-    return {"history": st.history, "cost": cost_summary(st.step_times, cfg.optim.batch_size, device),
+    return {"history": st.history, "cost": cost_summary(st.step_times, cfg.optim.batch_size, device, cpu_times),
             "resumed_at": st.resumed_at}
