@@ -73,7 +73,7 @@ def write_run(root: Path, run_id: str, seed: int, spec: tuple) -> str:
     rd = root / "runs" / run_id / f"seed{seed}"
     rd.mkdir(parents=True)
     arm = run_id.split("@")[0]
-    objective = {"name": arm, "kind": "none" if arm == "random_init" else "ssl",
+    objective = {"name": arm, "kind": "untrained" if arm == "random_init" else "ssl",
                  "variance": 25.0, "covariance": 0.0, "svmax": 0.0}
     if arm in BASE_COEF:
         key, base = BASE_COEF[arm]
