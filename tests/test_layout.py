@@ -133,9 +133,7 @@ def test_dvc_sweep_deps_are_the_declared_code():
 
 
 def test_source_files_stay_small():
-    """~300 lines per module; the one exception is read top to bottom as one concept."""
-    one_concept = {"data/imagenet.py"}  # the ImageNet folder: index, class lists, SimCLR subsets
+    """~300 lines per module at most."""
     for p in PKG.rglob("*.py"):
-        rel = str(p.relative_to(PKG))
         n = len(p.read_text().splitlines())
-        assert n <= 300 or rel in one_concept, f"{rel}: {n} lines"
+        assert n <= 300, f"{p.relative_to(PKG)}: {n} lines"
