@@ -64,3 +64,16 @@ def test_unknown_term_options_list_valid_names():
         ObjectiveConfig(space="sphere").validate()
     with pytest.raises(UnknownNameError, match="valid: score, neg_mean, exp"):
         validate(compose_run("smoke", ["objective.svmax_form=log"]))
+
+
+@pytest.mark.parametrize(("override", "valid"), [
+    ("optim.name=rmsprop", "valid: adamw, lars, sgd"),
+    ("backbone.stem=vit", "valid: imagenet, cifar"),
+    ("dataset.name=mnist", "valid: cifar10, cifar100, fashion_mnist, imagenet, imagenet100, stl10"),
+])
+def test_names_the_components_own_are_checked_by_them(override, valid):
+    """config.py lists none of these: each registry (optimizers, stems, datasets) answers."""
+    cfg = compose_run("smoke", [override])
+    cfg.validate()  # the schema's own checks do not know these names
+    with pytest.raises(UnknownNameError, match=valid):
+        validate(cfg)

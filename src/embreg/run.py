@@ -24,8 +24,10 @@ from embreg.distributed import DistInfo, barrier, init_from_env
 from embreg.evaluate import evaluate_model
 from embreg.fingerprint import code_hash
 from embreg.io import git_revision, write_json, write_text
-from embreg.models import BACKBONES, build_model
+from embreg.models import BACKBONES, STEMS, build_model
+from embreg.optim import OPTIMIZERS
 from embreg.pretrain import DivergedError, pretrain
+from embreg.registry import check_choice
 from embreg.regularizers import check_svmax_form
 from embreg.rundir import State, checkpoint_path, is_finished, read_status, run_dir, run_id, write_status
 
@@ -45,11 +47,13 @@ def job_info() -> dict[str, str]:
 
 
 def validate(cfg: RunConfig) -> None:
-    """The config's own checks, then the names the registries own (dataset, backbone, SVMax
-    form): each unknown name fails in one line listing the valid ones."""
+    """The config's own checks, then the names the components own (dataset, backbone, stem,
+    optimizer, SVMax form): each unknown name fails in one line listing the valid ones."""
     cfg.validate()
     spec = DATASETS.get(cfg.dataset.name)
     BACKBONES.get(cfg.backbone.name)
+    check_choice("stem", cfg.backbone.stem, STEMS)
+    OPTIMIZERS.get(cfg.optim.name)
     check_svmax_form(cfg.objective.svmax_form)
     if cfg.dataset.pretrain_unlabeled and spec.unlabeled is None:
         raise ValueError(f"dataset.pretrain_unlabeled: dataset {cfg.dataset.name!r} has no unlabeled split")
