@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-
-import yaml
 
 from _common import fail
 from embreg.data.prepare import card_markdown, check_dataset_key, prepare
@@ -13,17 +10,11 @@ from embreg.io import write_json, write_text
 from embreg.params import compose_run, load_params
 
 
-def _raw_params() -> dict:
-    return yaml.safe_load(Path("params.yaml").read_text()) or {}
-
-
 def main() -> None:
-    params, raw = load_params(), _raw_params()
+    params = load_params()
     cfg = compose_run(params.profile, params.overrides)
-    check_dataset_key(raw.get("dataset"), params.profile, cfg.dataset)
-    # data.mirrors: one local mirror per dataset; a single data.mirror applies to any dataset
-    mirror = ((raw.get("data") or {}).get("mirrors") or {}).get(cfg.dataset.name) or params.mirror
-    card = prepare(params.data_dir, cfg.dataset, mirror)
+    check_dataset_key(params.dataset, params.profile, cfg.dataset)
+    card = prepare(params.data_dir, cfg.dataset, params.mirror(cfg.dataset.name))
     write_json(f"results/data/{cfg.dataset.name}.json", card)
     write_text(f"results/data/{cfg.dataset.name}.md", card_markdown(card))
     print(f"prepared {cfg.dataset.name}: train {card['splits']['train']['size']}, "

@@ -15,9 +15,10 @@ from pathlib import Path
 from tabulate import tabulate
 
 from _common import fail
-from embreg.launch import LAUNCHERS, failed_runs, launch, make_plan, with_site_defaults, write_manifest
-from embreg.params import load_params
+from embreg.params import LAUNCHERS, load_params
 from embreg.registry import check_choice
+from embreg.sweep.launch import launch
+from embreg.sweep.plan import failed_runs, make_plan, write_manifest
 
 
 def _stop(signum, frame):  # TERM (e.g. from DVC) stops the jobs too, like Ctrl-C
@@ -26,7 +27,7 @@ def _stop(signum, frame):  # TERM (e.g. from DVC) stops the jobs too, like Ctrl-
 
 def main() -> int:
     signal.signal(signal.SIGTERM, _stop)
-    params = with_site_defaults(load_params())
+    params = load_params()
     check_choice("launcher", params.launcher, LAUNCHERS)
     plan = make_plan(params)
     results = Path(next(iter(plan.configs.values())).paths.results)

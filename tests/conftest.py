@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
-from embreg.data.datasets import FMNIST_FILES
+from embreg.data.fashion_mnist import FMNIST_FILES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -187,7 +187,7 @@ def repro_copy(dst: Path, mirror: Path, **params) -> Path:
     after `dvc repro`. Extra keyword arguments override params.yaml entries."""
     copy_repo(dst)
     p = yaml.safe_load((dst / "params.yaml").read_text())
-    p.update({"profile": "smoke", "data": {"dir": "data", "mirror": str(mirror)}, **params})
+    p.update({"profile": "smoke", "data": {"dir": "data", "mirrors": {"fashion_mnist": str(mirror)}}, **params})
     (dst / "params.yaml").write_text(yaml.safe_dump(p))
     git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
     run_cmd(["git", "init", "-q"], dst)

@@ -7,7 +7,8 @@ import shutil
 
 import yaml
 
-from embreg.run import checkpoint_path, run_dir, run_id, run_one
+from embreg.run import run_one
+from embreg.rundir import checkpoint_path, run_dir, run_id
 
 
 def test_run_writes_config_metrics_history_and_is_reused(smoke_cfg):

@@ -8,7 +8,7 @@ import sys
 
 # subcommand -> (module whose main() it runs, one-line help); modules are imported on use only
 COMMANDS: dict[str, tuple[str, str]] = {
-    "status": ("embreg.status", "which runs are done, running, queued, failed, ... per profile and ablation"),
+    "status": ("embreg.sweep.status", "which runs are done, running, queued, failed, ... per profile and ablation"),
     "bench": ("embreg.bench", "time SVMax, the VICReg terms and pretraining; writes results/bench"),
 }
 

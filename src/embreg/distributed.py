@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
+import torch.distributed as tdist  # `dist` is a DistInfo everywhere else
 
 
 @dataclass(frozen=True)
@@ -38,12 +38,12 @@ class DistInfo:
 
 
 def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1
 
 
 def _group_info() -> DistInfo:
-    rank = dist.get_rank()
-    return DistInfo(rank, dist.get_world_size(), int(os.environ.get("LOCAL_RANK", rank)))
+    rank = tdist.get_rank()
+    return DistInfo(rank, tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", rank)))
 
 
 def _submitit_num_tasks() -> int:
@@ -63,7 +63,7 @@ def init_from_env(device_type: str) -> DistInfo:
     ``device_type`` is "cuda" (NCCL, and this process's device set from its local rank) or
     anything else (gloo). A group that is already initialized is kept as it is.
     """
-    if dist.is_available() and dist.is_initialized():
+    if tdist.is_available() and tdist.is_initialized():
         return _group_info()
     backend = "nccl" if device_type == "cuda" else "gloo"
     if _submitit_num_tasks() > 1:
@@ -71,9 +71,9 @@ def init_from_env(device_type: str) -> DistInfo:
 
         # keep CUDA_VISIBLE_DEVICES: the device is chosen from the local rank below
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        dist.init_process_group(backend=backend)
+        tdist.init_process_group(backend=backend)
     elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dist.init_process_group(backend=backend, init_method="env://")
+        tdist.init_process_group(backend=backend, init_method="env://")
     else:
         return DistInfo()
     info = _group_info()
@@ -83,16 +83,10 @@ def init_from_env(device_type: str) -> DistInfo:
     return info
 
 
-def shutdown() -> None:
-    """Destroy the process group, if there is one (at the end of a run)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
 def barrier() -> None:
     """Wait for every rank; a no-op without a process group."""
     if is_distributed():
-        dist.barrier()
+        tdist.barrier()
 
 
 class _FullGather(torch.autograd.Function):
@@ -101,15 +95,15 @@ class _FullGather(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
-        out = [torch.zeros_like(x) for _ in range(dist.get_world_size())]
-        dist.all_gather(out, x.contiguous())
+        out = [torch.zeros_like(x) for _ in range(tdist.get_world_size())]
+        tdist.all_gather(out, x.contiguous())
         return tuple(out)
 
     @staticmethod
     def backward(ctx, *grads: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         all_grads = torch.stack(grads)
-        dist.all_reduce(all_grads)
-        return all_grads[dist.get_rank()]
+        tdist.all_reduce(all_grads)
+        return all_grads[tdist.get_rank()]
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
@@ -130,8 +124,8 @@ def average_gradients(model: torch.nn.Module) -> None:
     if not grads:
         return
     flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
+    tdist.all_reduce(flat)
+    flat /= tdist.get_world_size()
     for g, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
         g.copy_(part.view_as(g))
 
@@ -141,7 +135,7 @@ def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
     invariance is local); the identity without a process group."""
     if not is_distributed():
         return values
-    device = "cuda" if "nccl" in dist.get_backend() else "cpu"
+    device = "cuda" if "nccl" in tdist.get_backend() else "cpu"
     t = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return dict(zip(values, (t / dist.get_world_size()).tolist(), strict=True))
+    tdist.all_reduce(t)
+    return dict(zip(values, (t / tdist.get_world_size()).tolist(), strict=True))

@@ -1,23 +1,39 @@
 """Evaluation of a pretrained network: linear probe and kNN on frozen features, semi-supervised
-fine-tuning on label subsets, and collapse metrics on the test embeddings.
+fine-tuning on label subsets, and collapse metrics on the test embeddings (``evaluate_model``
+runs them all for one run).
 
-Protocol (DESIGN.md): the last epoch is reported, never a best epoch chosen on test.
+Protocol (as in VICReg, Bardes et al. 2022, Appendix C): the last epoch is reported, never a
+best epoch chosen on test. The probe, the augmented probe and fine-tuning share one SGD loop
+(``train_head``): per-step learning rates through ``optim.set_lr``, batches from a seeded
+``IndexStream``.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from embreg.config import EvalConfig
-from embreg.data import AugmentSpec, Normalizer, Split, augment, batch_images
+from embreg.config import EvalConfig, RunConfig
+from embreg.data import (
+    AugmentSpec,
+    IndexStream,
+    Normalizer,
+    Split,
+    augment,
+    batch_images,
+    read_index_file,
+    subset_name,
+)
 from embreg.metrics import collapse_metrics, row_singular_values, spectrum
-from embreg.models import EmbeddingModel
-from embreg.optim import cosine_schedule
+from embreg.models import EmbeddingModel, build_model
+from embreg.optim import cosine_schedule, set_lr
 
 
 @torch.no_grad()
@@ -46,6 +62,23 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...
     return {f"top{k}": 100.0 * float(hit[:, :k].any(dim=1).float().mean()) for k in ks}
 
 
+def train_head(
+    opt: torch.optim.Optimizer, lrs: list[float], stream: IndexStream, batch_size: int, gen: torch.Generator,
+    loss_of: Callable[[torch.Tensor], torch.Tensor], scales: list[float] | None = None,
+    progress: bool = False, desc: str = "",
+) -> None:
+    """The one SGD loop of the evaluations: ``len(lrs)`` steps, each on the next batch of
+    ``stream`` (indices drawn from ``gen``), at learning rate ``lrs[step]`` (times each param
+    group's ``scales``). ``loss_of(idx)`` builds the batch (drawing any augmentation from
+    ``gen`` after the indices) and returns its loss."""
+    for step in tqdm(range(len(lrs)), desc=desc, disable=not progress, leave=False):
+        loss = loss_of(stream.next(batch_size, gen))
+        set_lr(opt, lrs[step], scales)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
 def linear_probe(
     train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
     num_classes: int, cfg: EvalConfig, seed: int,
@@ -57,20 +90,10 @@ def linear_probe(
     xtr, xte = (train_x - mean) / std, (test_x - mean) / std
     clf = nn.Linear(xtr.shape[1], num_classes)
     opt = torch.optim.SGD(clf.parameters(), lr=cfg.probe_lr, momentum=0.9, weight_decay=1e-6)
-    steps_per_epoch = max(1, -(-len(xtr) // cfg.probe_batch_size))
+    steps_per_epoch = max(1, -(-len(xtr) // cfg.probe_batch_size))  # the last batch may be smaller
     lrs = cosine_schedule(cfg.probe_lr, cfg.probe_epochs * steps_per_epoch)
-    step = 0
-    for _ in range(cfg.probe_epochs):
-        perm = torch.randperm(len(xtr), generator=gen)
-        for start in range(0, len(xtr), cfg.probe_batch_size):
-            idx = perm[start : start + cfg.probe_batch_size]
-            for g in opt.param_groups:
-                g["lr"] = lrs[step]
-            loss = F.cross_entropy(clf(xtr[idx]), train_y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            step += 1
+    train_head(opt, lrs, IndexStream(len(xtr), partial=True), cfg.probe_batch_size, gen,
+               lambda idx: F.cross_entropy(clf(xtr[idx]), train_y[idx]))
     with torch.no_grad():
         return topk_accuracy(clf(xte), test_y)
 
@@ -91,22 +114,17 @@ def linear_probe_augmented(
     opt = torch.optim.SGD(clf.parameters(), lr=cfg.probe_lr, momentum=0.9, weight_decay=1e-6)
     spec = AugmentSpec(crop_scale=(0.08, 1.0), jitter_prob=0.0)
     bs = min(cfg.probe_batch_size, len(train))
-    steps_per_epoch = max(1, len(train) // bs)
+    steps_per_epoch = max(1, len(train) // bs)  # full batches only
     lrs = cosine_schedule(cfg.probe_lr, cfg.probe_epochs * steps_per_epoch)
     model.eval()
-    for step in tqdm(range(len(lrs)), desc="linear probe", disable=not progress, leave=False):
-        if step % steps_per_epoch == 0:
-            perm = torch.randperm(len(train), generator=gen)
-        idx = perm[(step % steps_per_epoch) * bs : (step % steps_per_epoch + 1) * bs]
+
+    def loss_of(idx: torch.Tensor) -> torch.Tensor:
         x = augment(batch_images(train.images, idx, device), spec, norm, gen, jitter_on=False)
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             feats = model.backbone(model.prepare_input(x)).float()
-        for g in opt.param_groups:
-            g["lr"] = lrs[step]
-        loss = F.cross_entropy(clf(feats), train.labels[idx].to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        return F.cross_entropy(clf(feats), train.labels[idx].to(device))
+
+    train_head(opt, lrs, IndexStream(len(train)), bs, gen, loss_of, progress=progress, desc="linear probe")
     with torch.no_grad():
         return topk_accuracy(clf(test_x.to(device)).cpu(), test_y)
 
@@ -155,19 +173,13 @@ def finetune(
     scale = cosine_schedule(1.0, total)
     net.train()
     head.train()
-    perm, pos = torch.randperm(len(train), generator=gen), 0
-    for step in tqdm(range(total), desc=desc, disable=not progress, leave=False):
-        if pos + bs > len(perm):
-            perm, pos = torch.randperm(len(train), generator=gen), 0
-        idx = perm[pos : pos + bs]
-        pos += bs
+
+    def loss_of(idx: torch.Tensor) -> torch.Tensor:
         x = augment(batch_images(train.images, idx, device), spec, norm, gen, jitter_on=False)
-        for g, base in zip(opt.param_groups, (lr_backbone, lr_head), strict=True):
-            g["lr"] = base * scale[step]
-        loss = F.cross_entropy(head(net(model.prepare_input(x))), train.labels[idx].to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        return F.cross_entropy(head(net(model.prepare_input(x))), train.labels[idx].to(device))
+
+    train_head(opt, scale, IndexStream(len(train)), bs, gen, loss_of, scales=[lr_backbone, lr_head],
+               progress=progress, desc=desc)
     net.eval()
     logits = []
     with torch.no_grad():
@@ -186,3 +198,44 @@ def collapse_report(feats: dict[str, torch.Tensor], k: int) -> tuple[dict, dict]
         metrics[name] = collapse_metrics(e, rows)
         spectra[name] = spectrum(e, k, rows)
     return metrics, spectra
+
+
+def evaluate_model(cfg: RunConfig, model: EmbeddingModel, train: Split, test: Split) -> tuple[dict, dict]:
+    """Every evaluation of one pretrained model: linear probe, kNN, collapse metrics and (unless
+    the arm is untrained) fine-tuning on each label fraction. Returns (metrics, spectra)."""
+    ev, ds = cfg.eval, cfg.dataset
+    norm = Normalizer(ds.mean, ds.std)
+    probe = train
+    if ev.probe_train_size and ev.probe_train_size < len(train):
+        # the same probe subset for every run (fixed seed), so arms are compared on equal data
+        probe = train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[: ev.probe_train_size])
+    ftr = extract(model, probe, norm, ev.feature_batch_size)
+    fte = extract(model, test, norm, ev.feature_batch_size, taps=True)
+    out: dict[str, Any] = {}
+    if ev.probe_augment:  # the official protocol: augmented views through the frozen backbone
+        lin = linear_probe_augmented(model, probe, fte["backbone"], test.labels, norm, ds.num_classes, ev,
+                                     cfg.seed, cfg.pretrain.precision == "bf16", cfg.runtime.progress)
+    else:
+        lin = linear_probe(ftr["backbone"], probe.labels, fte["backbone"], test.labels, ds.num_classes, ev, cfg.seed)
+    out.update({f"linear_{k}": v for k, v in lin.items()})
+    out.update(knn_accuracy(ftr["backbone"], probe.labels, fte["backbone"], test.labels,
+                            ds.num_classes, list(ev.knn_k), ev.knn_temperature))
+    collapse, spectra = collapse_report(fte, ev.spectrum_size)
+    out["collapse"] = collapse
+    # fine-tuning a random init is the supervised baseline's from-scratch column: not repeated
+    if ev.semi_supervised and cfg.objective.kind != "untrained":
+        start = model
+        if cfg.objective.kind == "supervised":  # the supervised baseline trains from scratch on the subset
+            torch.manual_seed(cfg.seed)
+            start = build_model(cfg.backbone, ds.in_channels, ds.num_classes)
+        root = Path(cfg.paths.data) / ds.name / "subsets"
+        for i, frac in enumerate(ds.subset_fractions):
+            name = subset_name(frac)
+            sub = train.subset(read_index_file(root / f"{name}.txt"))
+            res = finetune(start, sub, test, norm, ds.num_classes, ev.finetune_epochs[i],
+                           ev.finetune_lr_backbone[i], ev.finetune_lr_head[i],
+                           ev.finetune_batch_size, cfg.seed, cfg.runtime.progress, desc=name,
+                           crop_scale=tuple(ev.finetune_crop_scale))
+            key = name.replace("train_", "semi_")
+            out.update({f"{key}_{k}": v for k, v in res.items()})
+    return out, spectra

@@ -1,21 +1,20 @@
-"""Atomic file writes and provenance (git revision, code fingerprint)."""
+"""Atomic file writes and the git revision a run was trained at (torch-free: the sweep and
+the analysis use it too)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import torch
-
-PACKAGE_DIR = Path(__file__).resolve().parent
+from typing import Any, BinaryIO
 
 
-def _atomic(path: Path, write) -> None:
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write`` on a temporary file beside ``path``, then rename it over ``path``: a crash
+    mid-write keeps the old file, and a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -33,20 +32,15 @@ def _atomic(path: Path, write) -> None:
 def write_json(path: str | Path, obj: Any) -> None:
     """Write JSON atomically (a reader never sees half a file)."""
     data = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
-    _atomic(Path(path), lambda f: f.write(data))
+    atomic_write(Path(path), lambda f: f.write(data))
 
 
 def write_text(path: str | Path, text: str) -> None:
-    _atomic(Path(path), lambda f: f.write(text.encode()))
+    atomic_write(Path(path), lambda f: f.write(text.encode()))
 
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
-
-
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """torch.save to a temporary file, then rename: a crash mid-write keeps the old one."""
-    _atomic(Path(path), lambda f: torch.save(state, f))
 
 
 def git_revision(cwd: str | Path | None = None) -> str:
@@ -62,20 +56,3 @@ def git_revision(cwd: str | Path | None = None) -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
-
-# modules that never change what a run computes: analysis, launching, reporting, the CLI
-NOT_TRAINING_CODE = ("analysis", "bench", "bench.py", "cli.py", "launch.py", "params.py", "scheduler.py", "status.py")
-
-
-def code_hash() -> str:
-    """Hash of the library's training and evaluation code: a run trained by other code is
-    not reused. Analysis, launching and reporting code is left out (re-analysing or moving to
-    another launcher needs no retraining)."""
-    h = hashlib.sha256()
-    for path in sorted(PACKAGE_DIR.rglob("*.py")):
-        rel = path.relative_to(PACKAGE_DIR)
-        if rel.parts[0] in NOT_TRAINING_CODE:
-            continue
-        h.update(str(rel).encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()[:16]

@@ -9,10 +9,11 @@ import torchvision
 from torch import nn
 
 from embreg.config import BackboneConfig
-from embreg.registry import Registry
+from embreg.registry import Registry, check_choice
 
 BACKBONES: Registry = Registry("backbone")
 TAP_NAMES = ("layer1", "layer2", "layer3", "layer4")
+STEMS = ("imagenet", "cifar")  # see Backbone
 
 
 @BACKBONES.register("resnet18")
@@ -48,7 +49,7 @@ class Backbone(nn.Module):
             net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
             net.maxpool = nn.Identity()
         else:
-            raise ValueError(f"unknown stem {cfg.stem!r}; valid: imagenet, cifar")
+            check_choice("stem", cfg.stem, STEMS)  # raises: the stem is neither
         self.feat_dim: int = net.fc.in_features
         net.fc = nn.Identity()
         self.net = net

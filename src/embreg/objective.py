@@ -35,8 +35,10 @@ def to_space(z: torch.Tensor, space: str) -> torch.Tensor:
     raise ValueError(f"unknown embedding space {space!r}; valid: raw, l2")
 
 
-def invariance(z1: torch.Tensor, z2: torch.Tensor, space: str) -> torch.Tensor:
-    """raw: VICReg's MSE. l2: mean_i ||n1_i - n2_i||^2 = 2 - 2 cos (DESIGN.md)."""
+def view_invariance(z1: torch.Tensor, z2: torch.Tensor, space: str) -> torch.Tensor:
+    """The arm's invariance loss in its space (``regularizers.invariance`` is VICReg's MSE).
+    raw: that MSE. l2: mean_i ||n1_i - n2_i||^2 = 2 - 2 cos, the unit-sphere distance SVMax's
+    embeddings live under (Taha et al. 2021 normalize rows before the SVD)."""
     if space == "raw":
         return R.invariance(z1, z2)
     to_space(z1, space)  # validates the name
@@ -94,7 +96,7 @@ def ssl_loss(
     the weighted stage sum (``variance_stages`` = layer_weight * sum over stages), so
     ``loss = invariance_coeff * invariance + sum_t coeff_t * (t + t_stages)``.
     """
-    inv = invariance(z1, z2, obj.space)
+    inv = view_invariance(z1, z2, obj.space)
     terms = regularizer_terms(z1, z2, obj)
     logged = {"invariance": inv.detach(), **{k: v.detach() for k, v in terms.items()}}
     total = obj.invariance * inv

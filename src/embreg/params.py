@@ -1,7 +1,13 @@
-"""params.yaml: the pipeline's knobs, read in one place for every stage."""
+"""params.yaml (and the git-ignored params.local.yaml beside it): the pipeline's knobs, read by
+one typed loader for every stage and the sweep; and composing conf/ into a typed RunConfig.
+
+Torch-free. The launcher defaults (local and SLURM) live here, in ``LocalParams`` and
+``SlurmParams``; params.yaml and params.local.yaml override them key by key.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,30 +16,79 @@ from typing import Any
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+SITE_FILE = "params.local.yaml"  # git-ignored site defaults for the launchers, beside params.yaml
+LAUNCHERS = ("local", "slurm")
 
 
-@dataclass
+@dataclass(frozen=True)
+class LocalParams:
+    max_parallel: int = 2  # jobs at once on this machine; 0 = one per core
+    threads_per_job: int = 1  # torch threads in each job
+
+
+@dataclass(frozen=True)
+class SlurmParams:
+    """submitit_slurm's settings for the sweep's job arrays (hydra.launcher.<key>)."""
+
+    partition: str | None = "debug"
+    account: str | None = None
+    qos: str | None = None
+    nodes: int = 1
+    tasks_per_node: int = 1  # > 1: one DDP process per task (e.g. one per GPU)
+    gpus_per_node: int = 0
+    cpus_per_task: int = 1
+    mem_gb: int = 4
+    timeout_min: int = 60
+    max_num_timeout: int = 3  # requeues after a time limit before a run counts as timed out
+    constraint: str | None = None
+    array_parallelism: int = 16  # array tasks running at once
+    additional_parameters: dict[str, Any] = field(default_factory=dict)  # extra sbatch flags
+
+
+@dataclass(frozen=True)
 class PipelineParams:
     profile: str = "default"
     overrides: list[str] = field(default_factory=list)  # Hydra overrides for every run
+    dataset: str | None = None  # the profile's dataset, as params.yaml declares it for DVC
     data_dir: str = "data"
-    mirror: str | None = None
+    mirrors: dict[str, str | None] = field(default_factory=dict)  # dataset -> local copy of its raw files
     launcher: str = "local"
-    local: dict[str, Any] = field(default_factory=dict)
-    slurm: dict[str, Any] = field(default_factory=dict)
+    local: LocalParams = field(default_factory=LocalParams)
+    slurm: SlurmParams = field(default_factory=SlurmParams)
+
+    def mirror(self, dataset: str) -> str | None:
+        return self.mirrors.get(dataset)
 
 
-def load_params(path: str | Path = "params.yaml") -> PipelineParams:
-    raw = yaml.safe_load(Path(path).read_text()) or {}
-    data = raw.get("data", {}) or {}
+def _section(cls: type, *layers: dict[str, Any] | None) -> Any:
+    """``cls`` from its defaults updated by each layer in turn; an unknown key fails in one line."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in (layer or {}).items():
+            if key not in names:
+                raise ValueError(f"unknown {cls.__name__} key {key!r}; valid: {', '.join(sorted(names))}")
+            merged[key] = value
+    return cls(**merged)
+
+
+def load_params(path: str | Path = "params.yaml", site: str | Path | None = None) -> PipelineParams:
+    """params.yaml, with the launcher sections of ``site`` (default: params.local.yaml beside
+    it, when present) merged over them: a site's cluster settings need not be committed."""
+    path = Path(path)
+    raw = yaml.safe_load(path.read_text()) or {}
+    site_path = Path(site) if site is not None else path.with_name(SITE_FILE)
+    local = (yaml.safe_load(site_path.read_text()) or {}) if site_path.is_file() else {}
+    data = raw.get("data") or {}
     return PipelineParams(
         profile=raw.get("profile", "default"),
         overrides=list(raw.get("overrides") or []),
+        dataset=raw.get("dataset"),
         data_dir=data.get("dir", "data"),
-        mirror=data.get("mirror"),
-        launcher=raw.get("launcher", "local"),
-        local=raw.get("local") or {},
-        slurm=raw.get("slurm") or {},
+        mirrors=dict(data.get("mirrors") or {}),
+        launcher=local.get("launcher", raw.get("launcher", "local")),
+        local=_section(LocalParams, raw.get("local"), local.get("local")),
+        slurm=_section(SlurmParams, raw.get("slurm"), local.get("slurm")),
     )
 
 
@@ -61,8 +116,7 @@ def compose_run(profile: str, overrides: list[str] | None = None):
     an unknown name gives one line listing the valid ones."""
     from hydra import compose, initialize_config_dir
 
-    from embreg.config import register_configs
-    from embreg.train import to_run_config
+    from embreg.config import register_configs, to_run_config
 
     check_option("profile", profile)
     for ov in overrides or []:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import resource
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from embreg.config import RunConfig
-from embreg.data import AugmentSpec, Normalizer, Split, augment, batch_images, two_views
+from embreg.data import AugmentSpec, IndexStream, Normalizer, Split, augment, batch_images, two_views
 from embreg.distributed import DistInfo, average_gradients, mean_over_ranks
-from embreg.io import save_checkpoint
+from embreg.io import atomic_write
 from embreg.models import EmbeddingModel
 from embreg.objective import ssl_loss
 from embreg.optim import build_optimizer, cosine_schedule, set_lr
@@ -38,22 +38,6 @@ SINGLE = DistInfo()
 
 class DivergedError(RuntimeError):
     """The loss became NaN or infinite."""
-
-
-@dataclass
-class IndexStream:
-    """Seeded permutations of range(n), consumed batch by batch across epochs."""
-
-    n: int
-    perm: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
-    pos: int = 0
-
-    def next(self, batch: int, gen: torch.Generator) -> torch.Tensor:
-        if self.pos + batch > len(self.perm):
-            self.perm, self.pos = torch.randperm(self.n, generator=gen), 0
-        idx = self.perm[self.pos : self.pos + batch]
-        self.pos += batch
-        return idx
 
 
 def steps_per_epoch(cfg: RunConfig, n_train: int) -> int:
@@ -69,10 +53,11 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def augment_spec(cfg: RunConfig) -> AugmentSpec:
+    """The pretraining views: every AugmentSpec field the dataset config sets (lists as tuples);
+    the others keep AugmentSpec's defaults."""
     ds = cfg.dataset
-    return AugmentSpec(crop_scale=tuple(ds.crop_scale), flip=ds.flip, saturation=ds.saturation, hue=ds.hue,
-                       grayscale_prob=ds.grayscale_prob, blur_prob=tuple(ds.blur_prob),
-                       solarize_prob=tuple(ds.solarize_prob))
+    shared = {f.name: getattr(ds, f.name) for f in fields(AugmentSpec) if hasattr(ds, f.name)}
+    return AugmentSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in shared.items()})
 
 
 def _rank_slice(x: torch.Tensor, dist: DistInfo) -> torch.Tensor:
@@ -135,6 +120,11 @@ def load_state(ckpt_path: Path, model, optimizer, gen: torch.Generator, n_train:
     gen.set_state(state["generator"])
     return TrainState(IndexStream(n_train, state["perm"], state["pos"]), state["history"],
                       state["step"], state["sums"], state["step_times"], state["resumed_at"] + [state["step"]])
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """torch.save to a temporary file, then rename: a crash mid-write keeps the old one."""
+    atomic_write(Path(path), lambda f: torch.save(state, f))
 
 
 def save_state(ckpt_path: Path, model, optimizer, gen: torch.Generator, st: TrainState, fingerprint: str) -> None:

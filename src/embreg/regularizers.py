@@ -1,8 +1,10 @@
 """The regularization terms: VICReg's invariance / variance / covariance and SVMax.
 
 Every function takes one view's embedding ``z`` of shape (b, d) (batch, dimension) and
-returns a scalar tensor. Definitions follow DESIGN.md and are tested against an
-independent NumPy implementation in tests/test_regularizers.py.
+returns a scalar tensor. Definitions follow the papers below (the variance term as the official
+code computes it: halved over the two views, unbiased variance, eps = 1e-4) and are tested
+against an independent NumPy implementation and the official VICReg forward in
+tests/test_regularizers.py.
 
 References
 ----------
@@ -21,8 +23,15 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from embreg.registry import check_choice
+
 SVMaxForm = Literal["score", "neg_mean", "exp"]
 SVMAX_FORMS: tuple[str, ...] = ("score", "neg_mean", "exp")
+
+
+def check_svmax_form(form: str) -> str:
+    """``form`` if it is an SVMax loss form; else one line listing the valid ones."""
+    return check_choice("SVMax loss form", form, SVMAX_FORMS)
 
 
 def _check_2d(z: torch.Tensor, name: str = "z") -> None:
@@ -90,28 +99,6 @@ def covariance(z: torch.Tensor) -> torch.Tensor:
 def covariance_term(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
     """Covariance term over both views: c(z1) + c(z2)."""
     return covariance(z1) + covariance(z2)
-
-
-def vicreg_loss(
-    z1: torch.Tensor,
-    z2: torch.Tensor,
-    sim_coeff: float = 25.0,
-    std_coeff: float = 25.0,
-    cov_coeff: float = 1.0,
-) -> torch.Tensor:
-    """The official VICReg objective (paper defaults lambda=25, mu=25, nu=1). (b, d) x2 -> ()
-
-    Equals the value the official ``main_vicreg.py`` computes on one process: the
-    variance term is halved, the covariance term is summed over the views.
-    """
-    for name, value in (("sim_coeff", sim_coeff), ("std_coeff", std_coeff), ("cov_coeff", cov_coeff)):
-        if not value >= 0:  # also catches NaN
-            raise ValueError(f"{name} must be >= 0, got {value}")
-    return (
-        sim_coeff * invariance(z1, z2)
-        + std_coeff * variance_term(z1, z2)
-        + cov_coeff * covariance_term(z1, z2)
-    )
 
 
 def svmax_bounds(b: int, d: int) -> tuple[float, float]:

@@ -11,19 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from embreg.config import RunConfig, register_configs
+from embreg.config import register_configs, to_run_config
 
 # $EMBREG_CONF: set by the stage scripts to their checkout's conf/ (see embreg.params.conf_dir)
 CONF_DIR = os.environ.get("EMBREG_CONF") or str(Path(__file__).resolve().parents[2] / "conf")
-
-
-def to_run_config(cfg: DictConfig) -> RunConfig:
-    """Resolve and convert a composed config into the typed dataclass."""
-    obj = OmegaConf.to_object(cfg)
-    assert isinstance(obj, RunConfig), type(obj)
-    return obj
 
 
 register_configs()

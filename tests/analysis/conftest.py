@@ -50,7 +50,7 @@ RUNS: dict[str, dict[int, tuple]] = {
     # svmax@svmax=10.0: never ran
     LAYER_SWEEP: {0: (77.0, 300.0)},
 }
-KIND = {"pixels": "pixels", "random_init": "none", "supervised": "supervised"}
+KIND = {"pixels": "pixels", "random_init": "untrained", "supervised": "supervised"}
 NO_FINETUNE = {"inv_only", LAYER_SWEEP}  # eval.semi_supervised: false
 BASE_COEF = {"var_l2": ("variance", 1.0), "svmax": ("svmax", 1.0), "vicreg_all": ("layer_weight", 1.0)}
 DIMS = {"layer1": 64, "layer2": 128, "layer3": 256, "backbone": 512, "projector": 1024}

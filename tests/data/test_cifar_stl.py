@@ -173,8 +173,10 @@ def test_stl10_unlabeled_split_is_kept_and_read(tmp_path):
 
 
 def test_pretrain_unlabeled_needs_a_dataset_that_has_one():
+    from embreg.run import validate
+
     cfg = compose_run("cifar10", ["dataset.pretrain_unlabeled=true"])
     with pytest.raises(ValueError, match="cifar10.*no unlabeled split"):
-        cfg.validate()
+        validate(cfg)
     with pytest.raises(ValueError, match="those that do: stl10"):
         load_unlabeled("data", "cifar10")

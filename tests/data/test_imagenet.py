@@ -22,7 +22,7 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from embreg.config import DatasetConfig
 from embreg.data import DataUnavailableError, Split, load_split, read_index_file
-from embreg.data import datasets as ds
+from embreg.data import imagenet as ds
 from embreg.data.imagefolder import LazyImages
 from embreg.data.prepare import card_markdown, prepare
 from tests.conftest import repro_copy

@@ -18,11 +18,26 @@ ETC=/etc/slurm
 RUN=/run/embreg-slurm
 LOG=/var/log/slurm
 SPOOL=/var/spool/slurm
-DB_PASS=embreg-slurm  # local-only MariaDB account of this test cluster
+# local-only MariaDB account of this test cluster: its own user name, and its password set on
+# every `up` (ALTER USER), so an existing account (e.g. a `slurm` user made by a site's own set-up
+# with another password) neither blocks nor is changed by it
+DB_USER=embreg_slurm
+DB_PASS=embreg-slurm
 PACKAGES="slurm-wlm slurmdbd munge mariadb-server"
 
 log() { printf '[slurm] %s\n' "$*"; }
 die() { printf '[slurm] error: %s\n' "$*" >&2; exit 1; }
+# die, showing the last lines of a daemon's own log (the cause), not a client's connection error
+die_with_log() {  # message logfile
+  local msg=$1 file=$2
+  if [ -s "$file" ]; then
+    printf '[slurm] last lines of %s:\n' "$file" >&2
+    tail -n 20 "$file" | sed 's/^/  | /' >&2
+  else
+    printf '[slurm] (no log at %s)\n' "$file" >&2
+  fi
+  die "$msg"
+}
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 install_packages() {
@@ -78,7 +93,7 @@ PidFile=$RUN/slurmdbd.pid
 LogFile=$LOG/slurmdbd.log
 StorageType=accounting_storage/mysql
 StorageHost=localhost
-StorageUser=slurm
+StorageUser=$DB_USER
 StoragePass=$DB_PASS
 StorageLoc=slurm_acct_db
 CONF
@@ -100,17 +115,24 @@ start_munge() {
   fi
 }
 
+mariadb_log() {  # MariaDB's error log: Debian's default, else the first *.err in its data directory
+  local f
+  for f in /var/log/mysql/error.log /var/lib/mysql/*.err; do [ -s "$f" ] && { echo "$f"; return; }; done
+  echo /var/log/mysql/error.log
+}
+
 start_mariadb() {
   if ! mysqladmin ping >/dev/null 2>&1; then
     log "starting MariaDB"
     mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld
     (setsid mysqld_safe >/dev/null 2>&1 &)
     for _ in $(seq 100); do mysqladmin ping >/dev/null 2>&1 && break; sleep 0.3; done
-    mysqladmin ping >/dev/null 2>&1 || die "MariaDB did not start"
+    mysqladmin ping >/dev/null 2>&1 || die_with_log "MariaDB did not start" "$(mariadb_log)"
   fi
   mysql -u root <<SQL
-CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY '$DB_PASS';
-GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost';
+CREATE USER IF NOT EXISTS '$DB_USER'@'localhost' IDENTIFIED BY '$DB_PASS';
+ALTER USER '$DB_USER'@'localhost' IDENTIFIED BY '$DB_PASS';
+GRANT ALL ON slurm_acct_db.* TO '$DB_USER'@'localhost';
 FLUSH PRIVILEGES;
 SQL
 }
@@ -121,7 +143,7 @@ start_daemon() {  # name pidfile command...
   log "starting $name"
   "$@"
   for _ in $(seq 100); do alive "$pid" && return; sleep 0.2; done
-  die "$name did not start; see $LOG/$name.log"
+  die_with_log "$name did not start" "$LOG/$name.log"
 }
 
 up() {
@@ -130,7 +152,10 @@ up() {
   start_munge
   start_mariadb
   start_daemon slurmdbd "$RUN/slurmdbd.pid" /usr/sbin/slurmdbd
-  for _ in $(seq 50); do sacctmgr -n list cluster >/dev/null 2>&1 && break; sleep 0.3; done
+  # slurmdbd runs but may not reach its database (e.g. "Access denied"): its log says why
+  local answered=""
+  for _ in $(seq 50); do sacctmgr -n list cluster >/dev/null 2>&1 && { answered=1; break; }; sleep 0.3; done
+  [ -n "$answered" ] || die_with_log "slurmdbd does not answer (sacctmgr list cluster failed)" "$LOG/slurmdbd.log"
   sacctmgr -n list cluster format=cluster | grep -qw embreg || sacctmgr -i add cluster embreg >/dev/null
   start_daemon slurmctld "$RUN/slurmctld.pid" /usr/sbin/slurmctld
   start_daemon slurmd "$RUN/slurmd.pid" /usr/sbin/slurmd
@@ -140,7 +165,7 @@ up() {
     [ "$state" = "down" ] || [ "$state" = "drained" ] && scontrol update nodename="$HOST" state=resume 2>/dev/null || true
     sleep 0.3
   done
-  die "node $HOST did not become idle (state: ${state:-unknown}); see $LOG"
+  die_with_log "node $HOST did not become idle (state: ${state:-unknown})" "$LOG/slurmd.log"
 }
 
 down() {

@@ -37,7 +37,7 @@ def slurm_task(objectives: dict[str, ObjectiveConfig]) -> tuple[DistInfo, dict[t
     try:
         return info, compute_all(objectives, info)
     finally:
-        D.shutdown()
+        torch.distributed.destroy_process_group()  # the group init_from_env joined
 
 
 @pytest.fixture(scope="module")

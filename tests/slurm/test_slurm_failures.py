@@ -72,7 +72,7 @@ def broken_sweep(tmp_path_factory, fmnist_mirror):
     copy_repo(repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     # runs of a few seconds more than SLURM's KillWait, so that a cancel lands mid-run
-    params.update(profile="smoke", data={"dir": "data", "mirror": str(fmnist_mirror)}, launcher="slurm",
+    params.update(profile="smoke", data={"dir": "data", "mirrors": {"fashion_mnist": str(fmnist_mirror)}}, launcher="slurm",
                   overrides=["pretrain.epochs=5", "pretrain.steps_per_epoch=5"])
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     originals = {name: _edit_objective(repo, name, *edit) for name, edit in BREAK.items()}

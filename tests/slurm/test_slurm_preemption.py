@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from embreg import scheduler
+from embreg.sweep import scheduler
 from tests.slurm.conftest import require_cluster, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]

@@ -1,4 +1,4 @@
-"""embreg.scheduler and `embreg status` against the real cluster (tests/slurm/cluster.sh,
+"""embreg.sweep.scheduler and `embreg status` against the real cluster (tests/slurm/cluster.sh,
 `make slurm-up`): a plain job and a 2-task array of `sleep`, one cancelled."""
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from embreg import scheduler
 from embreg.io import write_json
-from embreg.launch import Job, make_plan
 from embreg.params import load_params
-from embreg.run import run_dir
-from embreg.status import collect
+from embreg.rundir import run_dir
+from embreg.sweep import scheduler
+from embreg.sweep.plan import Job, make_plan
+from embreg.sweep.status import collect
 from tests.conftest import run_cmd
 from tests.slurm.conftest import require_cluster
-from tests.test_status import _tables
+from tests.sweep.test_status import _tables
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

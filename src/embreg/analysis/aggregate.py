@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DONE = "done"
+from embreg.rundir import State
+
+DONE = State.DONE
 # The embeddings the collapse metrics are reported for, in network order (layer4 is the
 # backbone output, so it normally appears as "backbone" rather than "layer4").
 LAYER_ORDER = ("layer1", "layer2", "layer3", "layer4", "backbone", "projector")
@@ -82,7 +84,7 @@ def flatten_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 def load_seed(run_id: str, seed: int, seed_dir: Path, manifest_state: str | None) -> SeedRun:
     """Read one seed directory; every failure mode becomes a state, not an exception."""
-    run = SeedRun(run_id, seed, state="missing", config=_read_yaml(seed_dir / "config.yaml"))
+    run = SeedRun(run_id, seed, state=State.MISSING, config=_read_yaml(seed_dir / "config.yaml"))
     if not seed_dir.is_dir():
         run.error = "no run directory"
         return run
@@ -91,23 +93,23 @@ def load_seed(run_id: str, seed: int, seed_dir: Path, manifest_state: str | None
         if status is None:
             run.error = "no status.json"
             return run
-        run.state, run.error = status.get("state", "missing"), status.get("error")
+        run.state, run.error = status.get("state", State.MISSING), status.get("error")
         run.seconds = status.get("seconds")
-        if run.state == DONE and manifest_state == "stale":
+        if run.state == DONE and manifest_state == State.STALE:
             # finished, but under another config or code version than the sweep now expects
-            run.state, run.error = "stale", "trained with another config or code version"
+            run.state, run.error = State.STALE, "trained with another config or code version"
             return run
         if run.state != DONE:
             return run
         metrics = _read_json(seed_dir / "metrics.json")
         if metrics is None:
-            run.state, run.error = "failed", "state is done but metrics.json is missing"
+            run.state, run.error = State.FAILED, "state is done but metrics.json is missing"
             return run
         run.metrics = flatten_metrics(metrics)
         run.history = _read_json(seed_dir / "history.json")
         run.spectra = _read_json(seed_dir / "spectra.json")
     except ValueError as exc:
-        run.state, run.error, run.metrics = "failed", str(exc), {}
+        run.state, run.error, run.metrics = State.FAILED, str(exc), {}
     return run
 
 
@@ -209,7 +211,7 @@ class Results:
     def problems(self, run_id: str) -> list[SeedRun]:
         """Expected seeds that did not finish (or the run was never expected nor found)."""
         seeds = self.seeds(run_id)
-        return [r for r in seeds if not r.ok] if seeds else [SeedRun(run_id, -1, "missing", "no run found")]
+        return [r for r in seeds if not r.ok] if seeds else [SeedRun(run_id, -1, State.MISSING, "no run found")]
 
     def values(self, run_id: str, metric: str) -> list[float]:
         """The metric over the finished seeds that report it (NaN dropped)."""

@@ -26,11 +26,11 @@ FINETUNE_OFF = ("no fine-tuning by design: this run's config switches semi-super
 
 
 def kind(results: Results, run_id: str) -> str | None:
-    """The run's ``objective.kind`` ("ssl", "supervised", "none", "pixels"), from its config.yaml."""
+    """The run's ``objective.kind`` ("ssl", "supervised", "untrained", "pixels"), from its config.yaml."""
     value = results.config_value(run_id, "objective.kind")
     if value is None:  # no readable config: the reference names are the contract
         base = run_id.split("@")[0]
-        return {PIXELS: "pixels", RANDOM_INIT: "none", SUPERVISED: "supervised"}.get(base)
+        return {PIXELS: "pixels", RANDOM_INIT: "untrained", SUPERVISED: "supervised"}.get(base)
     return str(value)
 
 
@@ -48,7 +48,7 @@ def finetune_off(results: Results, run_id: str) -> bool:
 
 def by_design(results: Results, run_id: str, metric: str) -> str | None:
     """Why ``metric`` is absent from ``run_id`` by design (the footnote text), or None if it should exist."""
-    pixels, untrained = is_pixels(results, run_id), kind(results, run_id) == "none"
+    pixels, untrained = is_pixels(results, run_id), kind(results, run_id) == "untrained"
     if metric in SEMI_KEYS:
         if untrained:
             return f"`{run_id}`: {RANDOM_INIT_SEMI}"

@@ -19,27 +19,29 @@ from typing import Any
 
 from tabulate import tabulate
 
-from embreg import scheduler
-from embreg.launch import SITE_FILE, ablation_jobs, make_plan, states, with_site_defaults
 from embreg.params import PipelineParams, check_option, group_options, load_params
 from embreg.registry import UnknownNameError
-from embreg.run import read_status, run_dir
+from embreg.rundir import State
+from embreg.sweep import scheduler
+from embreg.sweep.plan import ablation_jobs, make_plan, observe_all
 
-STATES = ("done", "running", "queued", "failed", "diverged", "cancelled", "stale", "missing")
+# the count table's columns, always shown; other states (interrupted, timeout, ...) when present
+STATES = (State.DONE, State.RUNNING, State.QUEUED, State.FAILED, State.DIVERGED, State.CANCELLED,
+          State.STALE, State.MISSING)
 ERROR_WIDTH = 80
 
 
 def collect(params: PipelineParams, ablations: list[str] | None = None) -> list[dict[str, Any]]:
     """One row per run per ablation of ``params.profile`` (all ablations by default)."""
     plan = make_plan(params, ablations)
-    state, ids = states(plan), plan.run_ids()
+    seen, ids = observe_all(plan), plan.run_ids()
     rows = []
     for name, abl in plan.ablations.items():
         for job in ablation_jobs(abl):
-            st = read_status(run_dir(plan.configs[job]))
+            st = seen[job].status
             job_id = st.get("slurm_job_id")
             rows.append({"profile": params.profile, "ablation": name, "run_id": ids[job], "seed": job.seed,
-                         "state": state[job], "scheduler": None,
+                         "state": seen[job].state.value, "scheduler": None,
                          "slurm_job_id": None if job_id is None else str(job_id),
                          "log": st.get("log"), "error": st.get("error")})
     _apply_scheduler(rows)
@@ -55,7 +57,8 @@ def _apply_scheduler(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         sched = known.get(row["slurm_job_id"] or "")
         row["scheduler"] = sched
-        row["state"] = scheduler.overruled(row["state"], sched) or row["state"]
+        lost = scheduler.overruled(row["state"], sched)
+        row["state"] = lost.value if lost else row["state"]
 
 
 def count_table(rows: list[dict[str, Any]]) -> str:
@@ -64,7 +67,7 @@ def count_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         groups.setdefault((r["profile"], r["ablation"]), Counter())[r["state"]] += 1
     extra = sorted({s for c in groups.values() for s in c} - set(STATES))  # interrupted, timeout, ...
-    cols = [*STATES, *extra]
+    cols = [str(s) for s in (*STATES, *extra)]
     body = [[p, a, *(str(c[s] or "") for s in cols), str(sum(c.values()))] for (p, a), c in groups.items()]
     return tabulate(body, headers=["profile", "ablation", *cols, "total"], tablefmt="simple",
                     colalign=("left", "left", *["right"] * (len(cols) + 1)), disable_numparse=True)
@@ -74,7 +77,7 @@ def run_table(rows: list[dict[str, Any]], everything: bool = False) -> str:
     """The runs not done (all with ``everything``), once each with the ablations sharing them."""
     runs: dict[tuple, dict[str, Any]] = {}
     for r in rows:
-        if everything or r["state"] != "done":
+        if everything or r["state"] != State.DONE:
             key = (r["profile"], r["run_id"], r["seed"])
             runs.setdefault(key, {**r, "ablation": []})["ablation"].append(r["ablation"])
     body = [[r["profile"], ",".join(r["ablation"]), r["run_id"], r["seed"], r["state"], r["scheduler"] or "",
@@ -117,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not Path(args.params).is_file():
         ap.error(f"no params file {args.params}")
-    params = with_site_defaults(load_params(args.params), Path(args.params).with_name(SITE_FILE))
+    params = load_params(args.params)
     try:
         profiles = _names(args.profile or [params.profile], "profile")
         ablations = _names(args.ablation, "ablation")
@@ -128,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     print(count_table(rows))
-    if args.all or any(r["state"] != "done" for r in rows):
+    if args.all or any(r["state"] != State.DONE for r in rows):
         print()
         print(run_table(rows, args.all))
     return 0

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from embreg.io import code_hash, write_json
-from embreg.launch import Job, ablation_jobs, make_plan
+from embreg.fingerprint import code_hash
+from embreg.io import write_json
 from embreg.params import group_options, load_params
-from embreg.run import run_dir, run_id
-from embreg.status import collect, main
+from embreg.rundir import run_dir, run_id
+from embreg.sweep.plan import Job, ablation_jobs, make_plan
+from embreg.sweep.status import collect, main
 from tests.conftest import run_cmd
 
 ABLATIONS = ["layers", "covariance"]  # share vicreg, random_init and supervised
@@ -162,6 +163,6 @@ def test_command_line(repo):
     counts, runs = _tables(out)
     assert [(c["ablation"], c["done"], c["total"]) for c in counts] == [("layers", "1", "6")]
     assert len(runs) == 5
-    res = run_cmd([sys.executable, "-m", "embreg.status", "--params", str(repo / "params.yaml"), "--json",
+    res = run_cmd([sys.executable, "-m", "embreg.sweep.status", "--params", str(repo / "params.yaml"), "--json",
                    "--ablation", "covariance"], repo)
     assert [r["state"] for r in json.loads(res.stdout)].count("missing") == 4

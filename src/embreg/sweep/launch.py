@@ -1,9 +1,7 @@
-"""Sweeps: turn the ablation files into Hydra multiruns, launch them, watch the run directories.
-
-Every ablation's arms, baselines and coefficient sweeps are collected into one plan; a run
-shared by several ablations (same objective, same swept values, same seed) appears once, and a
-run whose directory already holds a finished result with the current fingerprint is not
-launched again.
+"""Launching a sweep and waiting for it: the plan's pending runs become Hydra multiruns of
+``embreg.train`` through the chosen launcher (this machine, or SLURM job arrays); a progress bar
+follows the run directories; after a SLURM sweep, runs lost with their jobs get the
+scheduler's verdict.
 """
 
 from __future__ import annotations
@@ -17,123 +15,40 @@ import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import yaml
 from tqdm import tqdm
 
-from embreg import scheduler
-from embreg.config import AblationConfig, RunConfig
-from embreg.io import code_hash, write_json
-from embreg.params import PipelineParams, compose_run, group_options
-from embreg.run import read_status, run_dir, run_id
-
-
-@dataclass(frozen=True)
-class Job:
-    objective: str
-    seed: int
-    sweep_key: str | None = None
-    sweep_value: Any = None
-    extra: tuple[str, ...] = ()  # the ablation's sweep_overrides, for sweep points
-
-    def overrides(self) -> list[str]:
-        ov = [f"objective={self.objective}", f"seed={self.seed}", *self.extra]
-        if self.sweep_key:
-            ov += [f"{self.sweep_key}={self.sweep_value}", f"tag_keys=[{self.sweep_key}]"]
-        return ov
-
-
-@dataclass
-class Plan:
-    profile: str
-    ablations: dict[str, AblationConfig]
-    jobs: list[Job] = field(default_factory=list)
-    configs: dict[Job, RunConfig] = field(default_factory=dict)
-
-    def run_ids(self) -> dict[Job, str]:
-        return {j: run_id(c) for j, c in self.configs.items()}
-
-
-def load_ablations(params: PipelineParams, names: list[str] | None = None) -> dict[str, AblationConfig]:
-    names = names or group_options("ablation")
-    out = {}
-    for name in names:
-        cfg = compose_run(params.profile, [*params.overrides, f"ablation={name}"])
-        assert cfg.ablation is not None
-        out[name] = cfg.ablation
-    return out
-
-
-def ablation_jobs(abl: AblationConfig) -> list[Job]:
-    """One ablation's runs: its arms and baselines x seeds, then its sweep points x sweep seeds."""
-    jobs = [Job(arm, s) for arm in [*abl.arms, *abl.baselines] for s in abl.seeds]
-    extra = tuple(abl.sweep_overrides)
-    jobs += [Job(sw["arm"], s, sw["key"], v, extra) for sw in abl.sweeps for v in sw["values"]
-             for s in abl.sweep_seeds]
-    return list(dict.fromkeys(jobs))
-
-
-def make_plan(params: PipelineParams, ablations: list[str] | None = None) -> Plan:
-    """All (objective, seed[, swept value]) runs of the chosen ablations, deduplicated."""
-    abls = load_ablations(params, ablations)
-    # keep order, drop duplicates: a run shared by two ablations is trained once
-    jobs = list(dict.fromkeys(job for abl in abls.values() for job in ablation_jobs(abl)))
-    plan = Plan(params.profile, abls, jobs)
-    base = [*params.overrides, f"paths.data={params.data_dir}"]
-    for job in jobs:
-        plan.configs[job] = compose_run(params.profile, [*base, *job.overrides()])
-    return plan
-
-
-LAUNCHERS = ("local", "slurm")
-SITE_FILE = "params.local.yaml"  # git-ignored site defaults for the launchers
-
-
-def with_site_defaults(params: PipelineParams, path: str | Path = SITE_FILE) -> PipelineParams:
-    """Merge the launcher sections of params.local.yaml (partition, account, ...) over
-    params.yaml's: a site's cluster settings need not be committed."""
-    if not Path(path).is_file():
-        return params
-    site = yaml.safe_load(Path(path).read_text()) or {}
-    return dataclasses.replace(
-        params,
-        launcher=site.get("launcher", params.launcher),
-        local={**params.local, **(site.get("local") or {})},
-        slurm={**params.slurm, **(site.get("slurm") or {})},
-    )
-
-
-SLURM_KEYS = ("partition", "account", "qos", "nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task",
-              "mem_gb", "timeout_min", "constraint", "array_parallelism", "max_num_timeout")
+from embreg.params import PipelineParams
+from embreg.rundir import FINISHED, IN_FLIGHT, State, read_status, run_dir, run_id, write_status
+from embreg.sweep import scheduler
+from embreg.sweep.plan import Job, Plan, pending, states
 
 
 def launcher_overrides(params: PipelineParams) -> tuple[list[str], int]:
     """Hydra overrides that pick and configure the launcher, and the torch threads per job."""
     if params.launcher == "slurm":
         ov = ["hydra/launcher=slurm"]
-        for key in SLURM_KEYS:
-            if params.slurm.get(key) is not None:
-                ov.append(f"hydra.launcher.{key}={params.slurm[key]}")
-        for key, value in (params.slurm.get("additional_parameters") or {}).items():
-            ov.append(f"+hydra.launcher.additional_parameters.{key}={value}")
-        return ov, int(params.slurm.get("cpus_per_task") or 1)
-    parallel = int(params.local.get("max_parallel", 0)) or (os.cpu_count() or 1)
-    return (["hydra/launcher=local", f"hydra.sweeper.max_batch_size={parallel}"],
-            int(params.local.get("threads_per_job", 1)))
+        for f in dataclasses.fields(params.slurm):
+            value = getattr(params.slurm, f.name)
+            if f.name == "additional_parameters":
+                ov += [f"+hydra.launcher.additional_parameters.{k}={v}" for k, v in value.items()]
+            elif value is not None:
+                ov.append(f"hydra.launcher.{f.name}={value}")
+        return ov, params.slurm.cpus_per_task
+    parallel = params.local.max_parallel or (os.cpu_count() or 1)
+    return ["hydra/launcher=local", f"hydra.sweeper.max_batch_size={parallel}"], params.local.threads_per_job
 
 
 def multirun_commands(plan: Plan, jobs: list[Job], params: PipelineParams) -> list[list[str]]:
-    """One Hydra multirun per group of jobs that share their swept key (objective x seed
-    products; a finished member of a product returns at once)."""
+    """One Hydra multirun per group of jobs that share their swept key (arm x seed products;
+    a finished member of a product returns at once)."""
     launcher, threads = launcher_overrides(params)
     groups: dict[tuple, dict[str, set]] = {}
     for j in jobs:
-        g = groups.setdefault((j.sweep_key, j.objective if j.sweep_key else None, j.extra),
-                              {"objective": set(), "seed": set(), "value": set()})
-        g["objective"].add(j.objective)
+        g = groups.setdefault((j.sweep_key, j.arm if j.sweep_key else None, j.extra),
+                              {"arm": set(), "seed": set(), "value": set()})
+        g["arm"].add(j.arm)
         g["seed"].add(j.seed)
         if j.sweep_key:
             g["value"].add(j.sweep_value)
@@ -142,33 +57,12 @@ def multirun_commands(plan: Plan, jobs: list[Job], params: PipelineParams) -> li
         cmd = [sys.executable, "-m", "embreg.train", "--multirun", f"profile={plan.profile}",
                *params.overrides, f"paths.data={params.data_dir}",
                f"runtime.threads={threads}", "runtime.progress=false", *launcher,
-               "objective=" + ",".join(o for o in dict.fromkeys(j.objective for j in jobs) if o in g["objective"]),
+               "objective=" + ",".join(a for a in dict.fromkeys(j.arm for j in jobs) if a in g["arm"]),
                "seed=" + ",".join(str(s) for s in sorted(g["seed"]))]
         if key:
             cmd += [f"{key}=" + ",".join(str(v) for v in sorted(g["value"])), f"tag_keys=[{key}]", *extra]
         cmds.append(cmd)
     return cmds
-
-
-def states(plan: Plan) -> dict[Job, str]:
-    """Each job's run state from its status file; a result from other config or code is 'stale'."""
-    code = code_hash()
-    out = {}
-    for job, cfg in plan.configs.items():
-        st = read_status(run_dir(cfg))
-        state = st.get("state", "missing")
-        if state == "done" and st.get("fingerprint") != cfg.fingerprint(code):
-            state = "stale"
-        out[job] = state
-    return out
-
-
-def pending(plan: Plan) -> list[Job]:
-    """Jobs without a finished result for the current config and code."""
-    return [job for job, state in states(plan).items() if state != "done"]
-
-
-FINISHED = ("done", "failed", "diverged", "cancelled", "timeout", "node_fail", "out_of_memory")
 
 
 def watch(plan: Plan, stop: threading.Event, interval: float | None = None) -> None:
@@ -179,47 +73,13 @@ def watch(plan: Plan, stop: threading.Event, interval: float | None = None) -> N
     with tqdm(total=len(plan.jobs), desc=f"sweep {plan.profile}", unit="run", mininterval=0) as bar:
         while True:
             counts = Counter(states(plan).values())
-            counts["pending"] = counts.pop("queued", 0)
+            counts["pending"] = counts.pop(State.QUEUED, 0)
             bar.n = sum(counts[k] for k in FINISHED)
-            bar.set_postfix({k: v for k, v in counts.items() if v and k not in ("missing", "stale")},
+            bar.set_postfix({str(k): v for k, v in counts.items() if v and k not in (State.MISSING, State.STALE)},
                             refresh=False)
             bar.refresh()
             if stop.wait(interval):
                 break
-
-
-def failed_runs(plan: Plan) -> list[dict[str, str]]:
-    """One row per run without a finished result: state, run, seed, error and where to look
-    (the job's log when a scheduler ran it, else the run's error.txt)."""
-    rows = []
-    for job, state in states(plan).items():
-        if state == "done":
-            continue
-        rd = run_dir(plan.configs[job])
-        st = read_status(rd)
-        error = str(st.get("error") or "").splitlines()
-        log = st.get("log") or (str(rd / "error.txt") if (rd / "error.txt").is_file() else "")
-        rows.append({"state": state, "run": run_id(plan.configs[job]), "seed": job.seed,
-                     "error": (error[0][:70] if error else ""), "log": log})
-    return rows
-
-
-def write_manifest(plan: Plan, results_dir: Path) -> dict[str, Any]:
-    """Which runs each ablation expects, and their final states (read by the analysis)."""
-    ids, st = plan.run_ids(), states(plan)
-    manifest = {"profile": plan.profile, "ablations": {}, "runs": {}}
-    for name, abl in plan.ablations.items():
-        manifest["ablations"][name] = {
-            "title": abl.title, "question": abl.question, "arms": abl.arms,
-            "baselines": abl.baselines, "seeds": abl.seeds, "sweep_seeds": abl.sweep_seeds,
-            "sweeps": [{"arm": s["arm"], "key": s["key"], "values": list(s["values"]),
-                        "runs": [f"{s['arm']}@{s['key'].split('.')[-1]}={v}" for v in s["values"]]}
-                       for s in abl.sweeps],
-        }
-    for job, rid in ids.items():
-        manifest["runs"].setdefault(rid, {})[str(job.seed)] = st[job]
-    write_json(results_dir / "runs" / "manifest.json", manifest)
-    return manifest
 
 
 def _run_groups(cmds: list[list[str]], logf, sweep: str | None = None, n_jobs: int = 0,
@@ -254,8 +114,8 @@ def _mark_queued(plan: Plan, jobs: list[Job], sweep: str) -> None:
     it started is told from one never submitted."""
     for job in jobs:
         cfg = plan.configs[job]
-        write_json(run_dir(cfg) / "status.json",
-                   {"run_id": run_id(cfg), "arm": cfg.arm, "seed": cfg.seed, "state": "queued", "sweep": sweep})
+        write_status(run_dir(cfg), {"run_id": run_id(cfg), "arm": cfg.arm, "seed": cfg.seed,
+                                    "state": State.QUEUED, "sweep": sweep})
 
 
 def _await_multiruns(procs: list[subprocess.Popen], sweep: str, n_jobs: int, poll: float) -> list[int]:
@@ -287,7 +147,7 @@ def _await_multiruns(procs: list[subprocess.Popen], sweep: str, n_jobs: int, pol
     return [p.wait() for p in procs]
 
 
-def reconcile(plan: Plan, sweep: str) -> dict[Job, str]:
+def reconcile(plan: Plan, sweep: str) -> dict[Job, State]:
     """After the scheduler is done with the sweep: a run still queued, running or interrupted
     was lost with its job (cancelled, timed out, out of memory, node failure). Record the
     scheduler's verdict in its status file, with the job id and log, so the table of failed
@@ -301,7 +161,7 @@ def reconcile(plan: Plan, sweep: str) -> dict[Job, str]:
     unclaimed = sorted({v for k, v in sched.items() if k not in claimed})
     lost = {}
     for job, st in statuses.items():
-        if st.get("state") not in scheduler.IN_FLIGHT or st.get("sweep", sweep) != sweep:
+        if st.get("state") not in IN_FLIGHT or st.get("sweep", sweep) != sweep:
             continue
         job_id = st.get("slurm_job_id")
         if job_id:
@@ -312,10 +172,10 @@ def reconcile(plan: Plan, sweep: str) -> dict[Job, str]:
                 continue  # requeued or running again: not lost
             error = f"SLURM job {job_id} ended {verdict if verdict != 'UNKNOWN' else 'unknown to the scheduler'} before the run did"
         else:
-            state = "cancelled" if set(unclaimed) <= {"CANCELLED"} else "failed"
+            state = State.CANCELLED if set(unclaimed) <= {"CANCELLED"} else State.FAILED
             verdict = ", ".join(unclaimed) or "cancelled while pending: no record left"
             error = f"its SLURM job ended before the run started ({verdict}); see the sweep's job logs"
-        write_json(run_dir(plan.configs[job]) / "status.json", {**st, "state": state, "error": error})
+        write_status(run_dir(plan.configs[job]), {**st, "state": state, "error": error})
         lost[job] = state
     return lost
 

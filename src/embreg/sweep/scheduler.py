@@ -11,6 +11,8 @@ import re
 import shutil
 import subprocess
 
+from embreg.rundir import IN_FLIGHT, State
+
 # states of a job that may still run (a preempted job is requeued and comes back)
 ACTIVE = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD",
                     "REQUEUE_FED", "RESIZING", "SUSPENDED", "STOPPED", "PREEMPTED", "SIGNALING",
@@ -19,11 +21,8 @@ ACTIVE = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED
 LOST = frozenset({"CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
                   "DEADLINE", "REVOKED"})
 
-# a run's status-file states that only its (still running) job could move on
-IN_FLIGHT = frozenset({"queued", "running", "interrupted"})
 
-
-def overruled(file_state: str, verdict: str | None) -> str | None:
+def overruled(file_state: str, verdict: str | None) -> State | None:
     """The state a run's status file should say once its job's scheduler state ``verdict``
     contradicts it, or None when the file stands. A run in flight whose job is no longer active
     was lost with it: SLURM's own verdict (cancelled, timeout, out_of_memory, ...) when it is
@@ -31,7 +30,7 @@ def overruled(file_state: str, verdict: str | None) -> str | None:
     None: the scheduler has no record, so no evidence either way."""
     if file_state not in IN_FLIGHT or verdict is None or verdict in ACTIVE:
         return None
-    return verdict.lower() if verdict in LOST else "failed"
+    return State(verdict.lower()) if verdict in LOST else State.FAILED
 
 
 _TASK_RANGE = re.compile(r"^(\d+)_\[([^\]]+)\]$")  # 12_[1,3-5%2]: an array's tasks not started yet

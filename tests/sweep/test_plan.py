@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from embreg.launch import Job, make_plan, multirun_commands, pending
-from embreg.params import PipelineParams
+from embreg.params import LocalParams, PipelineParams
+from embreg.sweep.launch import multirun_commands
+from embreg.sweep.plan import Job, make_plan, pending
 
 
 def _params(**kw) -> PipelineParams:
-    return PipelineParams(profile="default", data_dir="data", local={"max_parallel": 2, "threads_per_job": 1}, **kw)
+    return PipelineParams(profile="default", data_dir="data", local=LocalParams(max_parallel=2, threads_per_job=1), **kw)
 
 
 def test_plan_covers_every_ablation_once():
@@ -18,7 +19,7 @@ def test_plan_covers_every_ablation_once():
             "random_init", "supervised"} <= arms
     assert {"svmax@svmax=0.1", "svmax@svmax=10.0", "var_l2@variance=0.1", "vicreg@covariance=10.0"} <= arms
     # shared by A and B (and inv_only by A and B): listed once per seed
-    assert sum(1 for j in plan.jobs if j.objective == "vicreg_nocov") == 2
+    assert sum(1 for j in plan.jobs if j.arm == "vicreg_nocov") == 2
     # main arms: two seeds; sensitivity points: the profile's sweep seeds, without fine-tuning
     assert {j.seed for j in plan.jobs if j.sweep_key is None} == {0, 1}
     sweep_jobs = [j for j in plan.jobs if j.sweep_key]

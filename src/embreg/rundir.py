@@ -1,0 +1,115 @@
+"""A run directory, owned in one place: its id, its paths, the run-state vocabulary, reading
+and writing its status.json, and the one rule for "finished with this fingerprint".
+
+A run is an arm x a seed: ``results/<profile>/runs/<run id>/seed<k>/``. The run id is the
+arm's name plus ``@key=value`` for each swept key, e.g. ``svmax@svmax=0.3``. Torch-free: the
+training run (``embreg.run``), the sweep (``embreg.sweep``) and the analysis read it alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from embreg.config import RunConfig
+from embreg.io import read_json, write_json
+
+STATUS_FILE = "status.json"
+
+
+class State(str, Enum):
+    """Every state a run can be in. The first group is written by the run itself, ``queued``
+    by the sweep before it submits a job; ``missing`` and ``stale`` are never written (no
+    status file; finished under another fingerprint); the last group is a scheduler's verdict
+    on a job that ended before its run did (SLURM's state, lower-cased)."""
+
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    DIVERGED = "diverged"
+    INTERRUPTED = "interrupted"  # stopped by a signal (preempted, timed out, cancelled): resumes
+    QUEUED = "queued"
+    MISSING = "missing"
+    STALE = "stale"
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+    NODE_FAIL = "node_fail"
+    OUT_OF_MEMORY = "out_of_memory"
+    BOOT_FAIL = "boot_fail"
+    DEADLINE = "deadline"
+    REVOKED = "revoked"
+
+    # a State is its string everywhere: equal to it, hashed like it, printed as it
+    __hash__ = str.__hash__
+
+    def __str__(self) -> str:
+        return self.value
+
+    __format__ = str.__format__
+
+
+# a status file in one of these can only be moved on by its (still running) job
+IN_FLIGHT = frozenset({State.QUEUED, State.RUNNING, State.INTERRUPTED})
+# nothing will change these without a new launch
+FINISHED = frozenset({State.DONE, State.FAILED, State.DIVERGED, State.CANCELLED, State.TIMEOUT,
+                      State.NODE_FAIL, State.OUT_OF_MEMORY, State.BOOT_FAIL, State.DEADLINE, State.REVOKED})
+
+
+def run_id(cfg: RunConfig) -> str:
+    """The arm's name, plus ``@key=value`` for each swept key (coefficient sweeps)."""
+    from omegaconf import OmegaConf
+
+    tags = ""
+    if cfg.tag_keys:
+        node = OmegaConf.structured(cfg)
+        tags = "".join(f"@{k.split('.')[-1]}={OmegaConf.select(node, k)}" for k in cfg.tag_keys)
+    return cfg.arm + tags
+
+
+def run_dir(cfg: RunConfig) -> Path:
+    return Path(cfg.paths.results) / "runs" / run_id(cfg) / f"seed{cfg.seed}"
+
+
+def checkpoint_path(cfg: RunConfig) -> Path:
+    return Path(cfg.paths.checkpoints) / run_id(cfg) / f"seed{cfg.seed}" / "last.pt"
+
+
+def read_status(rd: Path) -> dict[str, Any]:
+    """The run's status.json, or ``{"state": "missing"}`` without one."""
+    path = rd / STATUS_FILE
+    return read_json(path) if path.is_file() else {"state": State.MISSING.value}
+
+
+def write_status(rd: Path, status: dict[str, Any]) -> None:
+    """Write the run's status.json atomically; ``status["state"]`` must be a State."""
+    state = State(status["state"])  # raises on a state outside the vocabulary
+    write_json(rd / STATUS_FILE, {**status, "state": state.value})
+
+
+def judge(status: dict[str, Any], fingerprint: str) -> State:
+    """The run's state from its status file: a result finished under another fingerprint
+    (other config or training code) is stale. The only "finished with this fingerprint" rule."""
+    state = State(status.get("state", State.MISSING))
+    if state == State.DONE and status.get("fingerprint") != fingerprint:
+        return State.STALE
+    return state
+
+
+@dataclass
+class Observed:
+    """A run as its directory shows it: the judged state and the status file's contents."""
+
+    state: State
+    status: dict[str, Any] = field(default_factory=dict)
+
+
+def observe(cfg: RunConfig, code: str) -> Observed:
+    """Read the run's status once and judge it against ``cfg``'s fingerprint under ``code``."""
+    status = read_status(run_dir(cfg))
+    return Observed(judge(status, cfg.fingerprint(code)), status)
+
+
+def is_finished(cfg: RunConfig, fingerprint: str) -> bool:
+    return judge(read_status(run_dir(cfg)), fingerprint) == State.DONE

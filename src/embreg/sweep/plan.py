@@ -1,0 +1,128 @@
+"""The sweep plan: every ablation's arms, baselines and coefficient sweeps as runs (arm x seed
+[x swept value]), deduplicated; their states from the run directories; the manifest.
+
+A run shared by several ablations (same arm, same swept values, same seed) appears once, and a
+run whose directory already holds a finished result with the current fingerprint is not
+launched again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from embreg.config import AblationConfig, RunConfig
+from embreg.fingerprint import code_hash
+from embreg.io import write_json
+from embreg.params import PipelineParams, compose_run, group_options
+from embreg.rundir import Observed, State, observe, run_dir, run_id
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run to train: an arm (chosen with ``objective=<arm>``), a seed, and for a
+    sensitivity point the swept key and value."""
+
+    arm: str
+    seed: int
+    sweep_key: str | None = None
+    sweep_value: Any = None
+    extra: tuple[str, ...] = ()  # the ablation's sweep_overrides, for sweep points
+
+    def overrides(self) -> list[str]:
+        ov = [f"objective={self.arm}", f"seed={self.seed}", *self.extra]
+        if self.sweep_key:
+            ov += [f"{self.sweep_key}={self.sweep_value}", f"tag_keys=[{self.sweep_key}]"]
+        return ov
+
+
+@dataclass
+class Plan:
+    profile: str
+    ablations: dict[str, AblationConfig]
+    jobs: list[Job] = field(default_factory=list)
+    configs: dict[Job, RunConfig] = field(default_factory=dict)
+
+    def run_ids(self) -> dict[Job, str]:
+        return {j: run_id(c) for j, c in self.configs.items()}
+
+
+def load_ablations(params: PipelineParams, names: list[str] | None = None) -> dict[str, AblationConfig]:
+    names = names or group_options("ablation")
+    out = {}
+    for name in names:
+        cfg = compose_run(params.profile, [*params.overrides, f"ablation={name}"])
+        assert cfg.ablation is not None
+        out[name] = cfg.ablation
+    return out
+
+
+def ablation_jobs(abl: AblationConfig) -> list[Job]:
+    """One ablation's runs: its arms and baselines x seeds, then its sweep points x sweep seeds."""
+    jobs = [Job(arm, s) for arm in [*abl.arms, *abl.baselines] for s in abl.seeds]
+    extra = tuple(abl.sweep_overrides)
+    jobs += [Job(sw["arm"], s, sw["key"], v, extra) for sw in abl.sweeps for v in sw["values"]
+             for s in abl.sweep_seeds]
+    return list(dict.fromkeys(jobs))
+
+
+def make_plan(params: PipelineParams, ablations: list[str] | None = None) -> Plan:
+    """All (arm, seed[, swept value]) runs of the chosen ablations, deduplicated."""
+    abls = load_ablations(params, ablations)
+    # keep order, drop duplicates: a run shared by two ablations is trained once
+    jobs = list(dict.fromkeys(job for abl in abls.values() for job in ablation_jobs(abl)))
+    plan = Plan(params.profile, abls, jobs)
+    base = [*params.overrides, f"paths.data={params.data_dir}"]
+    for job in jobs:
+        plan.configs[job] = compose_run(params.profile, [*base, *job.overrides()])
+    return plan
+
+
+def observe_all(plan: Plan) -> dict[Job, Observed]:
+    """Each job's run as its directory shows it (status read once, judged by embreg.rundir)."""
+    code = code_hash()
+    return {job: observe(cfg, code) for job, cfg in plan.configs.items()}
+
+
+def states(plan: Plan) -> dict[Job, State]:
+    """Each job's run state; a result from other config or code is 'stale'."""
+    return {job: seen.state for job, seen in observe_all(plan).items()}
+
+
+def pending(plan: Plan) -> list[Job]:
+    """Jobs without a finished result for the current config and code."""
+    return [job for job, state in states(plan).items() if state != State.DONE]
+
+
+def failed_runs(plan: Plan) -> list[dict[str, str]]:
+    """One row per run without a finished result: state, run, seed, error and where to look
+    (the job's log when a scheduler ran it, else the run's error.txt)."""
+    rows = []
+    for job, seen in observe_all(plan).items():
+        if seen.state == State.DONE:
+            continue
+        rd = run_dir(plan.configs[job])
+        error = str(seen.status.get("error") or "").splitlines()
+        log = seen.status.get("log") or (str(rd / "error.txt") if (rd / "error.txt").is_file() else "")
+        rows.append({"state": seen.state.value, "run": run_id(plan.configs[job]), "seed": job.seed,
+                     "error": (error[0][:70] if error else ""), "log": log})
+    return rows
+
+
+def write_manifest(plan: Plan, results_dir: Path) -> dict[str, Any]:
+    """Which runs each ablation expects, and their final states (read by the analysis)."""
+    ids, st = plan.run_ids(), states(plan)
+    manifest: dict[str, Any] = {"profile": plan.profile, "ablations": {}, "runs": {}}
+    for name, abl in plan.ablations.items():
+        manifest["ablations"][name] = {
+            "title": abl.title, "question": abl.question, "arms": abl.arms,
+            "baselines": abl.baselines, "seeds": abl.seeds, "sweep_seeds": abl.sweep_seeds,
+            "sweeps": [{"arm": s["arm"], "key": s["key"], "values": list(s["values"]),
+                        "runs": [f"{s['arm']}@{s['key'].split('.')[-1]}={v}" for v in s["values"]]}
+                       for s in abl.sweeps],
+        }
+    for job, rid in ids.items():
+        manifest["runs"].setdefault(rid, {})[str(job.seed)] = st[job].value
+    write_json(results_dir / "runs" / "manifest.json", manifest)
+    return manifest
