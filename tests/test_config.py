@@ -36,9 +36,9 @@ def test_every_ablation_names_existing_arms(ablation):
 
 @pytest.mark.parametrize("ablation", group_options("ablation"))
 def test_comparison_names_are_the_launched_run_ids(ablation):
-    """Each comparison names a run the sweep trains, spelled as embreg.run.run_id spells it."""
-    from embreg.launch import ablation_jobs
-    from embreg.run import run_id
+    """Each comparison names a run the sweep trains, spelled as embreg.rundir.run_id spells it."""
+    from embreg.rundir import run_id
+    from embreg.sweep.plan import ablation_jobs
 
     abl = compose_run("default", [f"ablation={ablation}"]).ablation
     ids = {run_id(compose_run("default", job.overrides())) for job in ablation_jobs(abl)}

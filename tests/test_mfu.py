@@ -1,4 +1,4 @@
-"""`embreg.mfu`: FLOPs counted as an independent analytic count says, MFU consistent with its
+"""`embreg.bench.mfu`: FLOPs counted as an independent analytic count says, MFU consistent with its
 parts, the fused AdamW it measures equal to the library's, and the CLI's JSON and table."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from embreg import mfu
+from embreg.bench import mfu
 from embreg.models import build_model
 from embreg.optim import build_optimizer
 

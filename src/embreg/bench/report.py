@@ -6,6 +6,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from embreg.bench.mfu import markdown as mfu_markdown
 from embreg.bench.training import GPU_PROFILES
 
 
@@ -67,6 +68,7 @@ def render_markdown(res: dict[str, Any]) -> str:
         f"covariance, plus the logged-only SVMax; {tp['loss_ms']:.1f} ms alone), and per-step "
         "bookkeeping (batch indexing, learning-rate update, loss-to-float sync).", "",
         "## All-layer against last-layer regularization (default profile, CPU)", "", layers, "",
+        mfu_markdown(res["mfu"]), "",
         "## GPU", "", _gpu_markdown(res["gpu"]), "",
     ]
     return "\n".join(lines)

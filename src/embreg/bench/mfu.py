@@ -1,4 +1,4 @@
-"""`python -m embreg.mfu`: pretraining's model FLOPs utilisation (MFU) on this machine's CPU.
+"""`python -m embreg.bench.mfu`: pretraining's model FLOPs utilisation (MFU) on this machine's CPU.
 
 MFU = achieved FLOP/s of a training step / this machine's float32 matmul peak, at 1 and 2
 torch threads. Measured here, in one process, the repeats of every competitor interleaved
@@ -189,7 +189,7 @@ def jobs_throughput(jobs: int, threads: int, steps: int = 5, batch: int = 64, de
     """Images/s of the whole machine with ``jobs`` processes of ``threads`` threads each running
     bare steps at the same time (from a common start, after each one's warm-up)."""
     start_at = time.time() + delay_s  # time to import torch and warm up in every process
-    cmd = [sys.executable, "-m", "embreg.mfu", "--worker", str(threads), str(steps), str(start_at), str(batch)]
+    cmd = [sys.executable, "-m", "embreg.bench.mfu", "--worker", str(threads), str(steps), str(start_at), str(batch)]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(jobs)]
     outs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
     if any(o["t0"] > start_at + 1.0 for o in outs):
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--worker"]:
         _worker(int(argv[1]), int(argv[2]), float(argv[3]), int(argv[4]))
         return 0
-    ap = argparse.ArgumentParser(prog="python -m embreg.mfu", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m embreg.bench.mfu", description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, help="write the result as JSON here")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeats", type=int, default=5)
