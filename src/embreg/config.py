@@ -16,7 +16,7 @@ from typing import Any
 
 from embreg.registry import check_choice
 
-OBJECTIVE_KINDS = ("ssl", "supervised", "untrained")
+OBJECTIVE_KINDS = ("ssl", "supervised", "untrained", "pixels")
 SPACES = ("raw", "l2")
 LAYERS = ("last", "all")
 PRECISIONS = ("fp32", "bf16")
@@ -64,7 +64,9 @@ class ObjectiveConfig:
     """Which terms an arm trains with and in which space; coefficients are >= 0."""
 
     name: str = "vicreg"
-    kind: str = "ssl"  # ssl | supervised (cross-entropy, a baseline) | untrained (random init, evaluated as is)
+    # ssl | supervised (cross-entropy, a reference) | untrained (random init, evaluated as is) |
+    # pixels (no network: the probe and kNN on the standardized raw pixels, a reference)
+    kind: str = "ssl"
     space: str = "raw"  # raw: VICReg's own space; l2: rows l2-normalized first (SVMax's space)
     invariance: float = 25.0
     variance: float = 25.0
@@ -111,6 +113,10 @@ class PretrainConfig:
     # drawn from a seeded permutation of the whole set (small profiles keep all 60k images
     # in play but checkpoint and log every `steps_per_epoch` steps)
     steps_per_epoch: int | None = None
+    # the supervised reference's epochs; None: the same as the self-supervised arms. A short
+    # profile trains it longer, so that it is an upper reference (it must beat the raw-pixel
+    # probe) rather than a second under-trained network
+    supervised_epochs: int | None = None
     # fp32, or bf16: the network's forward under bf16 autocast (GPU profiles); the regularizers
     # always see float32 embeddings (SVMax's eigenproblem runs in float64)
     precision: str = "fp32"
@@ -146,6 +152,9 @@ class ProfileConfig:
     # seeds of the coefficient-sensitivity points (a profile short on compute may use fewer)
     sweep_seeds: list[int] = field(default_factory=lambda: [0, 1])
     device: str = "cpu"
+    # the references in every ablation table: raw pixels (needs the images in memory, so the
+    # ImageNet profiles, which stream them, leave it out), random init, supervised
+    baselines: list[str] = field(default_factory=lambda: ["pixels", "random_init", "supervised"])
 
 
 @dataclass
@@ -171,7 +180,7 @@ class AblationConfig:
     title: str = ""
     question: str = ""
     arms: list[str] = field(default_factory=list)
-    baselines: list[str] = field(default_factory=lambda: ["random_init", "supervised"])
+    baselines: list[str] = field(default_factory=lambda: ["pixels", "random_init", "supervised"])
     # each sweep: {arm: <arm>, key: <dotted config key>, values: [...]}
     sweeps: list[dict[str, Any]] = field(default_factory=list)
     seeds: list[int] = field(default_factory=lambda: [0, 1])
@@ -226,6 +235,8 @@ class RunConfig:
         check_choice("precision", self.pretrain.precision, PRECISIONS)
         if self.optim.batch_size < 2:
             raise ValueError(f"optim.batch_size must be >= 2, got {self.optim.batch_size}")
+        if self.pretrain.supervised_epochs is not None and self.pretrain.supervised_epochs < 1:
+            raise ValueError(f"pretrain.supervised_epochs must be >= 1 or null, got {self.pretrain.supervised_epochs}")
         for key in ("blur_prob", "solarize_prob"):
             probs = getattr(self.dataset, key)
             if len(probs) != 2 or not all(0 <= p <= 1 for p in probs):
@@ -240,7 +251,7 @@ class RunConfig:
         d = asdict(self)
         for key in ("paths", "runtime", "ablation", "tag_keys"):
             d.pop(key)
-        for key in ("seeds", "sweep_seeds"):  # the run's own seed is recorded; the lists are not
+        for key in ("seeds", "sweep_seeds", "baselines"):  # the run's own seed is recorded; the lists are not
             d["profile"].pop(key)
         return d
 

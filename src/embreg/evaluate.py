@@ -200,15 +200,36 @@ def collapse_report(feats: dict[str, torch.Tensor], k: int) -> tuple[dict, dict]
     return metrics, spectra
 
 
+def evaluate_pixels(cfg: RunConfig, train: Split, test: Split) -> dict[str, Any]:
+    """The raw-pixel reference: the same linear probe (same probe subset, standardized
+    features) and kNN as every arm, on the flattened standardized pixels (n, c*h*w)."""
+    ev, ds = cfg.eval, cfg.dataset
+    if not isinstance(train.images, torch.Tensor):
+        raise ValueError(f"the pixels reference needs the images in memory; dataset {ds.name!r} streams them "
+                         "(leave pixels out of profile.baselines)")
+    norm = Normalizer(ds.mean, ds.std)
+    probe = probe_subset(train, ev.probe_train_size)
+    xtr, xte = (norm(s.images).flatten(1).float() for s in (probe, test))
+    out = {f"linear_{k}": v for k, v in
+           linear_probe(xtr, probe.labels, xte, test.labels, ds.num_classes, ev, cfg.seed).items()}
+    out.update(knn_accuracy(xtr, probe.labels, xte, test.labels, ds.num_classes, list(ev.knn_k), ev.knn_temperature))
+    return out
+
+
+def probe_subset(train: Split, size: int | None) -> Split:
+    """The probe's training images: a fixed subset (seed 0) of ``size`` images, the same for
+    every run so that arms are compared on equal data; all of them when ``size`` is None."""
+    if not size or size >= len(train):
+        return train
+    return train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:size])
+
+
 def evaluate_model(cfg: RunConfig, model: EmbeddingModel, train: Split, test: Split) -> tuple[dict, dict]:
     """Every evaluation of one pretrained model: linear probe, kNN, collapse metrics and (unless
     the arm is untrained) fine-tuning on each label fraction. Returns (metrics, spectra)."""
     ev, ds = cfg.eval, cfg.dataset
     norm = Normalizer(ds.mean, ds.std)
-    probe = train
-    if ev.probe_train_size and ev.probe_train_size < len(train):
-        # the same probe subset for every run (fixed seed), so arms are compared on equal data
-        probe = train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[: ev.probe_train_size])
+    probe = probe_subset(train, ev.probe_train_size)
     ftr = extract(model, probe, norm, ev.feature_batch_size)
     fte = extract(model, test, norm, ev.feature_batch_size, taps=True)
     out: dict[str, Any] = {}

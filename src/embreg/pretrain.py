@@ -40,6 +40,14 @@ class DivergedError(RuntimeError):
     """The loss became NaN or infinite."""
 
 
+def epochs(cfg: RunConfig) -> int:
+    """The arm's pretraining epochs: ``pretrain.supervised_epochs`` for the supervised
+    reference when set, else ``pretrain.epochs``."""
+    if cfg.objective.kind == "supervised" and cfg.pretrain.supervised_epochs is not None:
+        return cfg.pretrain.supervised_epochs
+    return cfg.pretrain.epochs
+
+
 def steps_per_epoch(cfg: RunConfig, n_train: int) -> int:
     if cfg.pretrain.steps_per_epoch:
         return cfg.pretrain.steps_per_epoch
@@ -168,7 +176,7 @@ def pretrain(
     norm = Normalizer(cfg.dataset.mean, cfg.dataset.std)
     optimizer = build_optimizer(model, cfg.optim)
     spe = steps_per_epoch(cfg, len(train))
-    total = cfg.pretrain.epochs * spe
+    total = epochs(cfg) * spe
     lrs = cosine_schedule(cfg.optim.lr, total, cfg.optim.warmup_epochs * spe)
     gen = torch.Generator().manual_seed(cfg.seed)
     st = load_state(ckpt_path, model, optimizer, gen, len(train))

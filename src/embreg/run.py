@@ -21,7 +21,7 @@ import yaml
 from embreg.config import RunConfig
 from embreg.data import DATASETS, Split, load_split, load_unlabeled
 from embreg.distributed import DistInfo, barrier, init_from_env
-from embreg.evaluate import evaluate_model
+from embreg.evaluate import evaluate_model, evaluate_pixels
 from embreg.fingerprint import code_hash
 from embreg.io import git_revision, write_json, write_text
 from embreg.models import BACKBONES, STEMS, build_model
@@ -120,6 +120,9 @@ def _train_and_evaluate(cfg: RunConfig, rd: Path, fp: str, dist: DistInfo) -> di
     ds = cfg.dataset
     train = load_split(cfg.paths.data, ds.name, train=True, image_size=ds.image_size)
     test = load_split(cfg.paths.data, ds.name, train=False, image_size=ds.image_size)
+    if cfg.objective.kind == "pixels":  # a reference without a network
+        t1 = time.time()
+        return {**evaluate_pixels(cfg, train, test), "eval_seconds": time.time() - t1}
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.backbone, ds.in_channels, ds.num_classes).to(device)
     if device.type == "cuda" and dist.world_size > 1:  # BN statistics over the global batch

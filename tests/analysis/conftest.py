@@ -89,8 +89,9 @@ def write_run(root: Path, run_id: str, seed: int, spec: tuple) -> str:
     if arm in BASE_COEF:
         key, base = BASE_COEF[arm]
         objective[key] = float(run_id.split("=")[1]) if "@" in run_id else base
-    epochs = 20 if arm == "supervised" else 5
-    config = {"objective": objective, "optim": {"batch_size": 64}, "pretrain": {"epochs": epochs, "steps_per_epoch": 15},
+    # as the default profile writes it: every run carries both budgets; supervised trains 20 epochs
+    config = {"objective": objective, "optim": {"batch_size": 64},
+              "pretrain": {"epochs": 5, "steps_per_epoch": 15, "supervised_epochs": 20},
               "eval": {"semi_supervised": run_id not in NO_FINETUNE}}
     (rd / "config.yaml").write_text(yaml.safe_dump(config))
     state, error = ("done", None) if isinstance(spec[0], float) else spec

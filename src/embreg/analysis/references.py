@@ -9,6 +9,8 @@ as opposed to a run that failed; the two get different footnotes.
 
 from __future__ import annotations
 
+from typing import Any
+
 from embreg.analysis.aggregate import COST_KEYS, SEMI_KEYS, Results
 
 PIXELS, RANDOM_INIT, SUPERVISED = "pixels", "random_init", "supervised"
@@ -63,9 +65,18 @@ def by_design(results: Results, run_id: str, metric: str) -> str | None:
     return None
 
 
+def _epochs(results: Results, run_id: str) -> Any:
+    """The run's pretraining epochs: ``pretrain.supervised_epochs`` for a supervised run when
+    set (it may train longer than the arms), else ``pretrain.epochs`` (as embreg.pretrain does)."""
+    own = results.config_value(run_id, "pretrain.supervised_epochs")
+    if kind(results, run_id) == "supervised" and isinstance(own, int | float):
+        return own
+    return results.config_value(run_id, "pretrain.epochs")
+
+
 def budget_steps(results: Results, run_id: str) -> int | None:
     """Pretraining optimizer steps from config.yaml: epochs x steps_per_epoch (None if not fixed)."""
-    epochs = results.config_value(run_id, "pretrain.epochs")
+    epochs = _epochs(results, run_id)
     per_epoch = results.config_value(run_id, "pretrain.steps_per_epoch")
     if isinstance(epochs, int | float) and isinstance(per_epoch, int | float):
         return round(epochs * per_epoch)
@@ -76,7 +87,7 @@ def budget_label(results: Results, run_id: str, ssl_run: str | None) -> str:
     """``"supervised (300 steps; SSL arms 75)"``; ``"(75 steps, equal budget)"`` when the two agree."""
     steps = budget_steps(results, run_id)
     if steps is None:
-        epochs = results.config_value(run_id, "pretrain.epochs")
+        epochs = _epochs(results, run_id)
         return f"{run_id} ({epochs:g} epochs)" if isinstance(epochs, int | float) else run_id
     ssl_steps = budget_steps(results, ssl_run) if ssl_run else None
     if ssl_steps is None:
