@@ -16,6 +16,9 @@ Usage (from the repository root, after `python pipelines/prepare.py`):
     python pipelines/finetune_budget.py --checkpoint ckpt/last.pt \\
         --budget train_10pct=2,4,8 --budget train_1pct=20,40 --ft-seeds 0 1 2 --batch-size 256
 
+Parallel workers (one per subset, budget or seed, each with its own --out) are merged with
+`--merge-only --jobs-from W1/finetune_budget.json --jobs-from W2/...`.
+
 Writes --out/finetune_budget.json and .md (default results/budget/). Each finished
 (subset, epochs, seed) job is written as it ends, and a rerun with the same checkpoint skips
 the jobs already in the JSON, so a long measurement can be stopped and resumed or extended.
@@ -59,9 +62,10 @@ def cell_stats(values: list[float], level: float = 0.95) -> dict[str, float]:
     return {"mean": mean(values), "std": sd, "n": n, "ci_half_width": hw}
 
 
-def doubling_moves(cells: dict[float, dict[str, float]]) -> list[dict[str, Any]]:
+def doubling_moves(cells: dict[float, dict[str, float]], min_n: int = 3) -> list[dict[str, Any]]:
     """For each budget b whose double 2b was also measured: the move mean(2b) - mean(b), and
     whether |move| < the CI half-width of the cell at b (the budget would be long enough).
+    Both cells need ``min_n`` seeds: with n = 2 the t quantile (12.7) makes any move "stable".
     ``cells``: {epochs: cell_stats(...)}."""
     out = []
     for b in sorted(cells):
@@ -71,7 +75,8 @@ def doubling_moves(cells: dict[float, dict[str, float]]) -> list[dict[str, Any]]
         hw = cells[b]["ci_half_width"]
         out.append({"from": b, "to": 2 * b, "move": move, "ci_half_width": hw,
                     "ci_half_width_to": cells[2 * b]["ci_half_width"],
-                    "stable": bool(abs(move) < hw)})  # nan half-width: never stable
+                    "n": [cells[b]["n"], cells[2 * b]["n"]],
+                    "stable": bool(abs(move) < hw and min(cells[b]["n"], cells[2 * b]["n"]) >= min_n)})
     return out
 
 
@@ -125,13 +130,13 @@ def markdown(meta: dict[str, Any], subsets: dict[str, Any]) -> str:
         for ep, c in s["cells"].items():
             lines.append(f"| {name} | {ep} | {c['steps']} | {c['mean']:.1f} | ± {c['ci_half_width']:.1f} | "
                          f"{c['n']} | {c['std']:.2f} | {c['seconds']:.0f} | {c['cpu_seconds']:.0f} |")
-    lines += ["", "Doubling criterion: |mean(2b) - mean(b)| < CI half-width at b.", "",
-              "| subset | b -> 2b | move | CI half-width at b | at 2b | stable |",
-              "| --- | --- | ---: | ---: | ---: | --- |"]
+    lines += ["", "Doubling criterion: |mean(2b) - mean(b)| < CI half-width at b, both cells with n >= 3.", "",
+              "| subset | b -> 2b | move | CI half-width at b | at 2b | n | stable |",
+              "| --- | --- | ---: | ---: | ---: | --- | --- |"]
     for name, s in subsets.items():
         for m in s["doublings"]:
             lines.append(f"| {name} | {m['from']:g} -> {m['to']:g} | {m['move']:+.1f} | ± {m['ci_half_width']:.1f} | "
-                         f"± {m['ci_half_width_to']:.1f} | {'yes' if m['stable'] else 'no'} |")
+                         f"± {m['ci_half_width_to']:.1f} | {m['n'][0]}, {m['n'][1]} | {'yes' if m['stable'] else 'no'} |")
     lines.append("")
     for name, s in subsets.items():
         rec = s["recommended_epochs"]
@@ -179,6 +184,8 @@ def main() -> None:
     ap.add_argument("--out", default="results/budget")
     ap.add_argument("--jobs-from", action="append", default=[], metavar="JSON",
                     help="also take the jobs of another worker's finetune_budget.json (same checkpoint)")
+    ap.add_argument("--merge-only", action="store_true",
+                    help="run no job: only merge --jobs-from into --out and summarize")
     args = ap.parse_args()
 
     import torch
@@ -224,7 +231,7 @@ def main() -> None:
     # smallest budget first, alternating subsets: a run cut short still has the first doublings
     order = sorted(((i, name, ep) for name, eps in budgets.items() for i, ep in enumerate(eps)),
                    key=lambda t: (t[0], names.index(t[1])))
-    for _, name, ep in order:
+    for _, name, ep in [] if args.merge_only else order:
         k = names.index(name)
         sub = train.subset(read_index_file(root / f"{name}.txt"))
         lr_b, lr_h = ev.finetune_lr_backbone[k] * scale, ev.finetune_lr_head[k] * scale

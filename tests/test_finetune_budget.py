@@ -37,11 +37,11 @@ def test_cell_stats_matches_scipy_t_interval(fb):
 
 def test_doubling_criterion_on_known_numbers(fb):
     cells = {
-        2.0: {"mean": 74.5, "ci_half_width": 1.7},
-        4.0: {"mean": 77.0, "ci_half_width": 1.2},   # moved 2.5 > 1.7: 2 epochs too short
-        8.0: {"mean": 77.8, "ci_half_width": 1.0},   # moved 0.8 < 1.2: 4 epochs is enough
-        16.0: {"mean": 78.0, "ci_half_width": math.nan},
-        20.0: {"mean": 60.0, "ci_half_width": 9.0},  # no 40: no doubling from 20
+        2.0: {"mean": 74.5, "ci_half_width": 1.7, "n": 3},
+        4.0: {"mean": 77.0, "ci_half_width": 1.2, "n": 3},   # moved 2.5 > 1.7: 2 epochs too short
+        8.0: {"mean": 77.8, "ci_half_width": 1.0, "n": 3},   # moved 0.8 < 1.2: 4 epochs is enough
+        16.0: {"mean": 78.0, "ci_half_width": math.nan, "n": 3},
+        20.0: {"mean": 60.0, "ci_half_width": 9.0, "n": 3},  # no 40: no doubling from 20
     }
     moves = fb.doubling_moves(cells)
     assert [(m["from"], m["to"]) for m in moves] == [(2.0, 4.0), (4.0, 8.0), (8.0, 16.0)]
@@ -51,8 +51,15 @@ def test_doubling_criterion_on_known_numbers(fb):
     assert fb.recommend(moves) == 4.0
     assert fb.recommend(moves[:1]) is None
     # a move down counts by its size too
-    down = fb.doubling_moves({1.0: {"mean": 50.0, "ci_half_width": 2.0}, 2.0: {"mean": 47.0, "ci_half_width": 2.0}})
+    down = fb.doubling_moves({1.0: {"mean": 50.0, "ci_half_width": 2.0, "n": 3},
+                              2.0: {"mean": 47.0, "ci_half_width": 2.0, "n": 3}})
     assert down[0]["move"] == pytest.approx(-3.0) and not down[0]["stable"]
+    # a small move inside a wide n = 2 interval is not evidence of stability
+    few = fb.doubling_moves({4.0: {"mean": 77.6, "ci_half_width": 4.1, "n": 2},
+                             8.0: {"mean": 79.4, "ci_half_width": math.nan, "n": 1}})
+    assert few[0]["n"] == [2, 1] and not few[0]["stable"]
+    assert fb.doubling_moves({4.0: {"mean": 77.6, "ci_half_width": 4.1, "n": 2},
+                              8.0: {"mean": 79.4, "ci_half_width": 4.0, "n": 2}}, min_n=2)[0]["stable"]
 
 
 def test_summarize_groups_jobs_and_recommends(fb):
