@@ -65,3 +65,13 @@ def test_augmented_probe_learns_and_leaves_the_backbone_alone(model):
     assert a["top1"] >= 80
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_finetune_learning_rates_scale_with_the_batch():
+    """The papers' semi-supervised lrs are for batch 256: a run at 64 uses a quarter of them."""
+    from embreg.config import EvalConfig
+    from embreg.evaluate import finetune_lr_scale
+
+    assert finetune_lr_scale(EvalConfig(finetune_batch_size=256)) == 1.0
+    assert finetune_lr_scale(EvalConfig(finetune_batch_size=64)) == 0.25
+    assert finetune_lr_scale(EvalConfig(finetune_batch_size=512, finetune_lr_batch=128)) == 4.0

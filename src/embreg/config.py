@@ -138,6 +138,9 @@ class EvalConfig:
     finetune_epochs: list[float] = field(default_factory=lambda: [20.0, 20.0])  # per label fraction
     finetune_lr_backbone: list[float] = field(default_factory=lambda: [0.03, 0.01])
     finetune_lr_head: list[float] = field(default_factory=lambda: [0.08, 0.1])
+    # the batch size those learning rates are for (the papers'); a run at another batch size
+    # scales them linearly (embreg.evaluate.finetune_lr_scale)
+    finetune_lr_batch: int = 256
     finetune_batch_size: int = 256
     # random-resized-crop scale of the fine-tuning views (plus a flip); the official code: 0.08-1
     finetune_crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])

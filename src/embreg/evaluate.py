@@ -224,6 +224,12 @@ def probe_subset(train: Split, size: int | None) -> Split:
     return train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:size])
 
 
+def finetune_lr_scale(ev: EvalConfig) -> float:
+    """The papers' semi-supervised learning rates are for batch ``finetune_lr_batch`` (256);
+    scaled linearly to the batch actually used (Goyal et al., 2017)."""
+    return ev.finetune_batch_size / ev.finetune_lr_batch
+
+
 def evaluate_model(cfg: RunConfig, model: EmbeddingModel, train: Split, test: Split) -> tuple[dict, dict]:
     """Every evaluation of one pretrained model: linear probe, kNN, collapse metrics and (unless
     the arm is untrained) fine-tuning on each label fraction. Returns (metrics, spectra)."""
@@ -253,8 +259,9 @@ def evaluate_model(cfg: RunConfig, model: EmbeddingModel, train: Split, test: Sp
         for i, frac in enumerate(ds.subset_fractions):
             name = subset_name(frac)
             sub = train.subset(read_index_file(root / f"{name}.txt"))
+            scale = finetune_lr_scale(ev)
             res = finetune(start, sub, test, norm, ds.num_classes, ev.finetune_epochs[i],
-                           ev.finetune_lr_backbone[i], ev.finetune_lr_head[i],
+                           ev.finetune_lr_backbone[i] * scale, ev.finetune_lr_head[i] * scale,
                            ev.finetune_batch_size, cfg.seed, cfg.runtime.progress, desc=name,
                            crop_scale=tuple(ev.finetune_crop_scale))
             key = name.replace("train_", "semi_")
