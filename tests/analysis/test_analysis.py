@@ -209,7 +209,7 @@ def test_report_findings_and_readme_block(analyzed: tuple[Path, dict]) -> None:
             f"{comp['ci_high']:.1f}] points, p (Holm) = ")
     assert line in report
     assert "not resolved at this scale: `var_l2` vs `vicreg_nocov` (`linear top-1`" in report
-    assert "; 20 (supervised)" in report and "false (inv_only, " in report  # protocol
+    assert "`pretrain.supervised_epochs`: 20" in report and "false (inv_only, " in report  # protocol
     links = re.findall(r"\]\(([^)]+)\)", report)
     assert all((root / link).is_file() for link in links) and "plots/layers_collapse.png" in links
     cols = 0  # every table row has its header's number of cells (no stray pipe inside a cell)

@@ -19,12 +19,17 @@ def test_plan_covers_every_ablation_once():
             "random_init", "supervised"} <= arms
     assert {"svmax@svmax=0.1", "svmax@svmax=10.0", "var_l2@variance=0.1", "vicreg@covariance=10.0"} <= arms
     # shared by A and B (and inv_only by A and B): listed once per seed
-    assert sum(1 for j in plan.jobs if j.arm == "vicreg_nocov") == 2
-    # main arms: two seeds; sensitivity points: the profile's sweep seeds, without fine-tuning
-    assert {j.seed for j in plan.jobs if j.sweep_key is None} == {0, 1}
+    assert sum(1 for j in plan.jobs if j.arm == "vicreg_nocov") == 3
+    # main arms and references: three seeds; sensitivity points: the profile's sweep seeds
+    assert {j.seed for j in plan.jobs if j.sweep_key is None} == {0, 1, 2}
+    assert {"pixels", "random_init", "supervised"} <= {j.arm for j in plan.jobs}
     sweep_jobs = [j for j in plan.jobs if j.sweep_key]
-    assert {j.seed for j in sweep_jobs} == {0} and len(sweep_jobs) == 6
-    assert all(plan.configs[j].eval.semi_supervised is False for j in sweep_jobs)
+    assert {j.seed for j in sweep_jobs} == {0} and len(sweep_jobs) == 8  # 6 coefficients + 2 layer weights
+
+
+def test_sensitivity_points_never_fine_tune():
+    plan = make_plan(_params(overrides=["eval.semi_supervised=true"]))
+    assert all(plan.configs[j].eval.semi_supervised is False for j in plan.jobs if j.sweep_key)
     assert all(plan.configs[j].eval.semi_supervised for j in plan.jobs if j.sweep_key is None)
 
 
@@ -37,13 +42,14 @@ def test_multiruns_group_by_swept_key():
     params = _params()
     plan = make_plan(params)
     cmds = multirun_commands(plan, plan.jobs, params)
-    assert len(cmds) == 4  # main arms, and one per sweep (var_l2, svmax, vicreg's covariance)
+    # main arms, and one per swept arm (var_l2, svmax, vicreg's covariance, the two layer weights)
+    assert len(cmds) == 6
     main = next(c for c in cmds if not any(a.startswith("tag_keys") for a in c))
     assert "--multirun" in main and "hydra/launcher=local" in main
     assert "hydra.sweeper.max_batch_size=2" in main and "runtime.threads=1" in main
-    assert "seed=0,1" in main
+    assert "seed=0,1,2" in main
     objectives = next(a for a in main if a.startswith("objective=")).split("=")[1].split(",")
-    assert len(objectives) == len(set(objectives)) == 9
+    assert len(objectives) == len(set(objectives)) == 10  # 7 arms, 3 references
     svmax = next(c for c in cmds if "tag_keys=[objective.svmax]" in c)
     assert "objective.svmax=0.1,10.0" in svmax and "seed=0" in svmax
     assert "eval.semi_supervised=false" in svmax

@@ -80,10 +80,10 @@ def _by(rows: list[dict], ablation: str) -> dict[tuple[str, int], dict]:
 def test_ablation_jobs_partition_the_plan(repo):
     plan = make_plan(load_params(repo / "params.yaml"), ABLATIONS)
     per = {name: ablation_jobs(abl) for name, abl in plan.ablations.items()}
-    assert len(per["layers"]) == 6 and len(per["covariance"]) == 7
+    assert len(per["layers"]) == 9 and len(per["covariance"]) == 8  # arms, 3 references, sweep points
     assert set(per["layers"]) | set(per["covariance"]) == set(plan.jobs)
-    assert set(per["layers"]) & set(per["covariance"]) == {Job("vicreg", 0), Job("random_init", 0),
-                                                          Job("supervised", 0)}
+    assert set(per["layers"]) & set(per["covariance"]) == {Job("vicreg", 0), Job("pixels", 0),
+                                                          Job("random_init", 0), Job("supervised", 0)}
 
 
 def test_rows_give_each_runs_state(rows):
@@ -91,10 +91,12 @@ def test_rows_give_each_runs_state(rows):
     layers, cov = _by(rows, "layers"), _by(rows, "covariance")
     assert {k: r["state"] for k, r in layers.items()} == {
         ("vicreg", 0): "done", ("svmax", 0): "stale", ("vicreg_all", 0): "failed",
-        ("svmax_all", 0): "running", ("random_init", 0): "interrupted", ("supervised", 0): "missing"}
+        ("svmax_all", 0): "running", ("pixels", 0): "missing", ("random_init", 0): "interrupted",
+        ("supervised", 0): "missing", ("svmax_all@layer_weight=0.2", 0): "missing",
+        ("vicreg_all@layer_weight=0.2", 0): "missing"}
     assert {k: r["state"] for k, r in cov.items()} == {
         ("vicreg", 0): "done", ("vicreg_nocov", 0): "missing", ("inv_only", 0): "missing",
-        ("random_init", 0): "interrupted", ("supervised", 0): "missing",
+        ("pixels", 0): "missing", ("random_init", 0): "interrupted", ("supervised", 0): "missing",
         ("vicreg@covariance=0.1", 0): "queued", ("vicreg@covariance=10.0", 0): "missing"}
     assert layers["vicreg_all", 0]["error"] == ERROR
     queued = cov["vicreg@covariance=0.1", 0]
@@ -108,12 +110,12 @@ def test_text_shows_counts_and_unfinished_runs(repo, capsys):
     counts, runs = _tables(capsys.readouterr().out)
     assert counts == [
         {"profile": "smoke", "ablation": "layers", "done": "1", "running": "1", "queued": "", "failed": "1",
-         "diverged": "", "cancelled": "", "stale": "1", "missing": "1", "interrupted": "1", "total": "6"},
+         "diverged": "", "cancelled": "", "stale": "1", "missing": "4", "interrupted": "1", "total": "9"},
         {"profile": "smoke", "ablation": "covariance", "done": "1", "running": "", "queued": "1",
          "failed": "",
-         "diverged": "", "cancelled": "", "stale": "", "missing": "4", "interrupted": "1", "total": "7"}]
+         "diverged": "", "cancelled": "", "stale": "", "missing": "5", "interrupted": "1", "total": "8"}]
     listed = {(r["run"], r["seed"]): r for r in runs}
-    assert len(listed) == len(runs) == 9  # 13 rows, 3 shared runs once, vicreg done
+    assert len(listed) == len(runs) == 12  # 17 rows, 4 shared runs once, vicreg done
     assert ("vicreg", "0") not in listed
     assert listed["random_init", "0"]["ablation"] == "layers,covariance"
     failed = listed["vicreg_all", "0"]
@@ -129,7 +131,8 @@ def test_all_lists_finished_runs_too(repo, capsys):
     _, runs = _tables(capsys.readouterr().out)
     assert [(r["run"], r["state"]) for r in runs] == [
         ("vicreg", "done"), ("vicreg_all", "failed"), ("svmax", "stale"), ("svmax_all", "running"),
-        ("random_init", "interrupted"), ("supervised", "missing")]
+        ("pixels", "missing"), ("random_init", "interrupted"), ("supervised", "missing"),
+        ("svmax_all@layer_weight=0.2", "missing"), ("vicreg_all@layer_weight=0.2", "missing")]
 
 
 def test_json_gives_the_rows(repo, rows, capsys):
@@ -143,7 +146,7 @@ def test_several_profiles(repo, capsys):
     counts, _ = _tables(capsys.readouterr().out)
     # default's configs differ from smoke's: the run finished for smoke is stale there
     assert [(c["profile"], c["done"], c["stale"], c["total"]) for c in counts] == [
-        ("smoke", "1", "1", "6"), ("default", "", "2", "12")]
+        ("smoke", "1", "1", "9"), ("default", "", "2", "23")]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -161,8 +164,8 @@ def test_command_line(repo):
     embreg = Path(sys.executable).parent / "embreg"
     out = run_cmd([str(embreg), "status", "--params", "params.yaml", "--ablation", "layers"], repo).stdout
     counts, runs = _tables(out)
-    assert [(c["ablation"], c["done"], c["total"]) for c in counts] == [("layers", "1", "6")]
-    assert len(runs) == 5
+    assert [(c["ablation"], c["done"], c["total"]) for c in counts] == [("layers", "1", "9")]
+    assert len(runs) == 8
     res = run_cmd([sys.executable, "-m", "embreg.sweep.status", "--params", str(repo / "params.yaml"), "--json",
                    "--ablation", "covariance"], repo)
-    assert [r["state"] for r in json.loads(res.stdout)].count("missing") == 4
+    assert [r["state"] for r in json.loads(res.stdout)].count("missing") == 5

@@ -87,10 +87,10 @@ def build_tables(an: Analysis) -> list[Table]:
     return [*out, main_table(res), regime_table(res, an.all_runs()), cost_table(res), sensitivity_table(res)]
 
 
-PROTOCOL_KEYS = ("pretrain.epochs", "pretrain.steps_per_epoch", "optim.name", "optim.lr", "optim.batch_size",
+PROTOCOL_KEYS = ("pretrain.epochs", "pretrain.steps_per_epoch", "pretrain.supervised_epochs", "optim.name", "optim.lr", "optim.batch_size",
                  "eval.probe_train_size", "eval.probe_epochs", "eval.probe_lr", "eval.knn_k", "eval.semi_supervised",
                  "eval.finetune_epochs", "eval.finetune_lr_backbone", "eval.finetune_lr_head",
-                 "eval.finetune_batch_size")
+                 "eval.finetune_batch_size", "eval.finetune_lr_batch")
 
 
 def protocol_section(an: Analysis) -> list[str]:
