@@ -111,7 +111,9 @@ def protocol_section(an: Analysis) -> list[str]:
             lines.append(f"- `{key}`: " + "; ".join(f"{v} ({', '.join(rids)})" for v, rids in values.items()))
     tuned = [r for r in runs if res.done(r) and any(k.startswith("semi_") for s in res.done(r) for k in s.metrics)]
     lines.append("- fine-tuned on 1% / 10% of the labels: " + (", ".join(tuned) or "none")
-                 + "; every other run's semi-supervised cells are empty by design or marked as failed")
+                 + "; every other run's semi-supervised cells are empty by design or marked as failed"
+                 + ("" if tuned else " (why a profile may fine-tune nothing: the budget measurement of "
+                    "`pipelines/finetune_budget.py`, `results/budget/finetune_budget.md`)"))
     return ["## Protocol (from the runs' config.yaml)", "", *lines, ""]
 
 
