@@ -187,7 +187,9 @@ def repro_copy(dst: Path, mirror: Path, **params) -> Path:
     after `dvc repro`. Extra keyword arguments override params.yaml entries."""
     copy_repo(dst)
     p = yaml.safe_load((dst / "params.yaml").read_text())
-    p.update({"profile": "smoke", "data": {"dir": "data", "mirrors": {"fashion_mnist": str(mirror)}}, **params})
+    dataset = params.get("dataset", "fashion_mnist")  # the mirror holds the profile's dataset
+    p.update({"profile": "smoke", "data": {"dir": "data", "mirrors": {**p["data"]["mirrors"], dataset: str(mirror)}},
+              **params})
     (dst / "params.yaml").write_text(yaml.safe_dump(p))
     git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
     run_cmd(["git", "init", "-q"], dst)
