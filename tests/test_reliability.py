@@ -21,13 +21,14 @@ from embreg.checks import ConfigError
 from embreg.data import DataUnavailableError
 from embreg.fingerprint import code_hash
 from embreg.io import write_json
-from embreg.params import LocalParams, PipelineParams, check_overrides, load_params
+from embreg.params import LocalParams, PipelineParams, load_params
 from embreg.pretrain import CheckpointWarning
 from embreg.run import run_one
 from embreg.rundir import checkpoint_path, lock_path, run_dir
 from embreg.sweep.launch import launch
 from embreg.sweep.plan import Job, make_plan, pending, states, validate_plan
 from embreg.sweep.status import main as status_main
+from embreg.train import check_overrides
 from tests.conftest import REPO, tool_env
 
 FILES = ("config.yaml", "status.json", "metrics.json", "spectra.json")

@@ -155,8 +155,7 @@ def _scale(c: _Collector, key: str, v: list[float]) -> None:  # a (low, high) cr
 
 
 def path_problems(cfg: RunConfig) -> list[str]:
-    """``paths.results`` and ``paths.checkpoints`` must be (or be creatable as) writable
-    directories: a file in the way is named, not met later as a traceback."""
+    """``paths.results`` / ``.checkpoints``: writable directories (or creatable); a file in the way is named."""
     out = []
     for key in ("results", "checkpoints"):
         path = Path(getattr(cfg.paths, key))
@@ -186,8 +185,7 @@ def train_size(data_dir: str, name: str) -> int:
 
 
 def data_problems(cfg: RunConfig) -> list[str]:
-    """Rules that need the prepared data: the batch must fit in the training split. Raises
-    DataUnavailableError (one line) when the data is not prepared or cannot be read."""
+    """The batch must fit in the prepared training split (DataUnavailableError when unreadable)."""
     n = train_size(str(cfg.paths.data), cfg.dataset.name)
     if cfg.objective.kind != "untrained" and _num(cfg.optim.batch_size) and cfg.optim.batch_size > n:
         return [_bad("optim.batch_size", cfg.optim.batch_size,
@@ -208,6 +206,8 @@ def explain_hydra(exc: Exception, overrides: list[str]) -> str:
     """Hydra's multi-line composition error as one line naming the override at fault."""
     if malformed := override_problems(overrides):
         return malformed[0]
+    if m := re.search(r"Could not find '([^']+)/([^'/]+)'", str(exc)):  # an unknown group choice
+        return f"unknown {m.group(1)} {m.group(2)!r}; valid: " + ", ".join(re.findall(r"^\t(\S+)$", str(exc), re.M))
     cause = exc.__cause__ or exc
     text = str(cause).strip()
     first = text.splitlines()[0] if text else type(cause).__name__

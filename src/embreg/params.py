@@ -154,16 +154,3 @@ def compose_run(profile: str, overrides: list[str] | None = None):
         if isinstance(exc, HydraException | OmegaConfBaseException):
             raise ConfigError(explain_hydra(exc, list(overrides or []))) from None
         raise
-
-
-def check_overrides(args: list[str]) -> None:
-    """Compose ``args`` (command-line overrides, ``profile=`` among them) as a run would;
-    raises a one-line ValueError for a malformed one, an unknown key or a bad value."""
-    from embreg.checks import ConfigError, override_problems
-
-    bad = override_problems(args)
-    if bad:
-        raise ConfigError(bad[0])
-    profile = next((a.split("=", 1)[1] for a in reversed(args) if a.startswith("profile=")), "default")
-    # Hydra's own settings (hydra.*, hydra/launcher=...) are Hydra's to check
-    compose_run(profile, [a for a in args if not a.startswith("profile=") and not a.lstrip("+~").startswith("hydra")])

@@ -52,8 +52,6 @@ def main() -> None:
     """``python -m embreg.train`` / ``embreg-train``: a bad override is one line on stderr and
     exit status 2, not Hydra's report; then the run, whose exit status says how it ended
     (0 done, 1 failed or diverged, 2 refused: invalid config, missing data, locked)."""
-    from embreg.params import check_overrides
-
     args = sys.argv[1:]
     if not any(a.startswith("-") for a in args):  # plain overrides: compose them once first
         try:
@@ -62,6 +60,25 @@ def main() -> None:
             print(f"error: {exc}", file=sys.stderr, flush=True)
             sys.exit(2)
     hydra_main()
+
+
+def check_overrides(args: list[str]) -> None:
+    """Compose ``args`` (command-line overrides, ``profile=`` among them) as a run would;
+    raises a one-line ConfigError for a malformed one, an unknown key or a bad value."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from embreg.checks import ConfigError, explain_hydra, override_problems
+
+    if bad := override_problems(args):
+        raise ConfigError(bad[0])
+    ours = [a for a in args if not a.lstrip("+~").startswith("hydra")]  # Hydra's own settings: Hydra's to check
+    try:
+        with initialize_config_dir(CONF_DIR, version_base="1.3"):
+            to_run_config(compose("config", overrides=ours))
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(explain_hydra(exc, ours)) from None
 
 
 def _refusals() -> tuple[type[BaseException], ...]:
