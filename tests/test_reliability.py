@@ -90,7 +90,7 @@ def test_sweep_reports_every_bad_run_at_once_and_launches_nothing(smoke_cfg, tmp
     assert lines[0] == f"{len(plan.jobs)} of {len(plan.jobs)} runs have an invalid config; nothing was launched:"
     assert len(lines) == 1 + len(plan.jobs)
     assert all("optim.batch_size=1: must be an integer >= 2" in line for line in lines[1:])
-    assert {line.split(":")[0] for line in lines[1:]} == {f"run {j.arm} seed0" for j in plan.jobs}
+    assert {line.split(":")[0] for line in lines[1:]} == {f"run {rid} seed0" for rid in plan.run_ids().values()}
     assert not Path(cfg.paths.results).exists() and not (tmp_path / "sweep.log").exists()
 
 
