@@ -110,7 +110,7 @@ def problems(cfg: RunConfig) -> list[str]:
     c.number("optim.batch_size", opt.batch_size, 2, integer=True)
     c.number("optim.warmup_epochs", opt.warmup_epochs, 0, integer=True)
     c.number("optim.lars_eta", opt.lars_eta, 0, lo_open=True)
-    if obj.kind != "untrained":  # random init trains nothing on purpose; every other arm must train
+    if obj.kind in ("ssl", "supervised"):  # random init and pixels train nothing on purpose; these must
         c.number("pretrain.epochs", cfg.pretrain.epochs, 1, integer=True)
     if cfg.pretrain.steps_per_epoch is not None:
         c.number("pretrain.steps_per_epoch", cfg.pretrain.steps_per_epoch, 1, integer=True)
@@ -187,7 +187,7 @@ def train_size(data_dir: str, name: str) -> int:
 def data_problems(cfg: RunConfig) -> list[str]:
     """The batch must fit in the prepared training split (DataUnavailableError when unreadable)."""
     n = train_size(str(cfg.paths.data), cfg.dataset.name)
-    if cfg.objective.kind != "untrained" and _num(cfg.optim.batch_size) and cfg.optim.batch_size > n:
+    if cfg.objective.kind in ("ssl", "supervised") and _num(cfg.optim.batch_size) and cfg.optim.batch_size > n:
         return [_bad("optim.batch_size", cfg.optim.batch_size,
                      f"must be <= the {n} images of {cfg.dataset.name}'s training split")]
     return []
