@@ -8,28 +8,24 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import sys
 from pathlib import Path
 
 from tabulate import tabulate
 
-from _common import fail
+from _common import fail, stop_on_signals
 from embreg.params import LAUNCHERS, load_params
 from embreg.registry import check_choice
 from embreg.sweep.launch import launch
-from embreg.sweep.plan import failed_runs, make_plan, write_manifest
-
-
-def _stop(signum, frame):  # TERM (e.g. from DVC) stops the jobs too, like Ctrl-C
-    raise KeyboardInterrupt(f"signal {signum}")
+from embreg.sweep.plan import failed_runs, make_plan, validate_plan, write_manifest
 
 
 def main() -> int:
-    signal.signal(signal.SIGTERM, _stop)
+    stop_on_signals()  # TERM (e.g. from DVC) stops the jobs too, like Ctrl-C
     params = load_params()
     check_choice("launcher", params.launcher, LAUNCHERS)
     plan = make_plan(params)
+    validate_plan(plan)  # every run, before anything is deleted or launched
     results = Path(next(iter(plan.configs.values())).paths.results)
     if os.environ.get("EMBREG_RETRAIN") == "1":
         for cfg in plan.configs.values():

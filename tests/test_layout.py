@@ -94,7 +94,7 @@ def test_config_is_a_leaf():
 def test_sweep_and_analysis_import_only_torch_free_modules():
     """Static: what the sweep and the analysis import from the core."""
     allowed = {"embreg.config", "embreg.registry", "embreg.io", "embreg.rundir", "embreg.fingerprint",
-               "embreg.params"}
+               "embreg.params", "embreg.attempt", "embreg.checks"}
     for mod, deps in graph().items():
         if _in(mod, "embreg.sweep") or _in(mod, "embreg.analysis"):
             core = {d for d in deps if not (_in(d, "embreg.sweep") or _in(d, "embreg.analysis"))}
@@ -105,7 +105,7 @@ def test_sweep_and_analysis_never_load_torch():
     """Dynamic: importing every sweep and analysis module (and the run-directory module) leaves
     torch unloaded."""
     mods = sorted(m for m in graph() if _in(m, "embreg.sweep") or _in(m, "embreg.analysis")) + [
-        "embreg.rundir", "embreg.params", "embreg.fingerprint", "embreg.config"]
+        "embreg.rundir", "embreg.params", "embreg.fingerprint", "embreg.config", "embreg.attempt", "embreg.checks"]
     code = ("import importlib, sys\n"
             f"for m in {mods!r}: importlib.import_module(m)\n"
             "print(sorted(k for k in sys.modules if k == 'torch' or k.startswith('torch.')))")

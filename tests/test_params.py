@@ -29,6 +29,6 @@ def test_site_file_overrides_the_launcher_sections_key_by_key(tmp_path):
 
 def test_unknown_launcher_key_fails_in_one_line(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"slurm": {"partiton": "gpu"}}))
-    with pytest.raises(ValueError, match="unknown SlurmParams key 'partiton'; valid: .*partition") as err:
+    with pytest.raises(ValueError, match="slurm: unknown key 'partiton' \\(did you mean 'partition'\\?\\); valid: .*partition") as err:
         load_params(tmp_path / "params.yaml")
     assert "\n" not in str(err.value)

@@ -71,9 +71,10 @@ def test_a_diverging_run_is_marked_diverged(smoke_cfg):
 
 
 def test_weights_blown_up_by_the_last_step_are_diverged(smoke_cfg):
-    """The loss of the only step is finite, but the update makes the weights non-finite: the run
-    is diverged, not a crash in the evaluation's SVD."""
-    cfg = smoke_cfg("objective=vicreg", "optim.name=sgd", "optim.lr=inf", "pretrain.epochs=1",
-                    "pretrain.steps_per_epoch=1")
+    """The loss of the only step is finite, but the update makes the weights non-finite (lr x the
+    weight-decay gradient overflows float32; both are finite, valid settings): the run is
+    diverged, not a crash in the evaluation's SVD."""
+    cfg = smoke_cfg("objective=vicreg", "optim.name=sgd", "optim.lr=1e38", "optim.weight_decay=1e10",
+                    "pretrain.epochs=1", "pretrain.steps_per_epoch=1")
     status = run_one(cfg)
     assert status["state"] == "diverged" and "weights are not finite" in status["error"]

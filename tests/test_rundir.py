@@ -62,6 +62,8 @@ def test_paths_and_status_round_trip(tmp_path):
     fp = cfg.fingerprint("code")
     write_status(rd, {"state": State.DONE, "fingerprint": fp})
     assert json.loads((rd / "status.json").read_text()) == {"state": "done", "fingerprint": fp}
+    assert not is_finished(cfg, fp) and observe(cfg, "code").state == State.INCOMPLETE  # no metrics.json
+    (rd / "metrics.json").write_text('{"linear_top1": 50.0}')
     assert is_finished(cfg, fp) and not is_finished(cfg, cfg.fingerprint("other code"))
     seen = observe(cfg, "other code")
     assert seen.state == State.STALE and seen.status["fingerprint"] == fp

@@ -17,6 +17,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 
 # the training core: paths relative to src/embreg/, folders included whole
 TRAINING_CODE: tuple[str, ...] = (
+    "attempt.py",
+    "checks.py",
     "config.py",
     "data",
     "distributed.py",

@@ -72,13 +72,30 @@ def _section(cls: type, *layers: dict[str, Any] | None) -> Any:
     return cls(**merged)
 
 
+def read_params_file(path: str | Path, sections: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """A params file's mapping, checked first (embreg.checks.params_problems): unknown keys,
+    bad values and malformed overrides are each one line of the ConfigError raised."""
+    from embreg.checks import PARAMS_KEYS, ConfigError, params_problems
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    found = params_problems(raw, str(path), sections or PARAMS_KEYS)
+    if found:
+        raise ConfigError("\n".join(found))
+    return raw
+
+
 def load_params(path: str | Path = "params.yaml", site: str | Path | None = None) -> PipelineParams:
     """params.yaml, with the launcher sections of ``site`` (default: params.local.yaml beside
     it, when present) merged over them: a site's cluster settings need not be committed."""
     path = Path(path)
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_params_file(path)
     site_path = Path(site) if site is not None else path.with_name(SITE_FILE)
-    local = (yaml.safe_load(site_path.read_text()) or {}) if site_path.is_file() else {}
+    local = read_params_file(site_path, ("launcher", "local", "slurm")) if site_path.is_file() else {}
     data = raw.get("data") or {}
     return PipelineParams(
         profile=raw.get("profile", "default"),
@@ -124,6 +141,16 @@ def compose_run(profile: str, overrides: list[str] | None = None):
         if (conf_dir() / key).is_dir() and value not in ("null", ""):
             check_option(key, value)
     register_configs()
-    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=[f"profile={profile}", *(overrides or [])])
-    return to_run_config(cfg)
+    try:
+        with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+            cfg = compose("config", overrides=[f"profile={profile}", *(overrides or [])])
+        return to_run_config(cfg)
+    except Exception as exc:  # Hydra's report spans lines and names no fix: one line instead
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
+
+        from embreg.checks import ConfigError, explain_hydra
+
+        if isinstance(exc, HydraException | OmegaConfBaseException):
+            raise ConfigError(explain_hydra(exc, list(overrides or []))) from None
+        raise

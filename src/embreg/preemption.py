@@ -59,6 +59,20 @@ class SignalCheckpoint:
                 time.sleep(1)  # delivery is asynchronous; the process ends here
 
 
+class Stopped(KeyboardInterrupt):
+    """TERM reached a job of this machine's launcher: the sweep that started it is stopping."""
+
+
+def stop_on_term() -> None:
+    """Make TERM stop this process (as Ctrl-C does) instead of submitit's "bypassing" it: on
+    this machine nobody requeues a job, and a sweep stopped by Ctrl-C or DVC must not leave
+    one training. Inside ``SignalCheckpoint`` the checkpoint is written first, then this runs."""
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise Stopped(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 class Every:
     """True once ``seconds`` have passed since the last reset (periodic checkpoints)."""
 

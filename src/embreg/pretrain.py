@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import resource
 import time
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -118,11 +119,39 @@ class TrainState:
     resumed_at: list[int] = field(default_factory=list)  # steps at which this run was resumed
 
 
+CHECKPOINT_KEYS = ("model", "optimizer", "generator", "perm", "pos", "history", "step", "sums", "step_times",
+                   "resumed_at", "fingerprint")
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint could not be read: it was set aside and training starts over."""
+
+
+def read_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any] | None:
+    """The checkpoint at ``path``, or None when there is none. One that cannot be read
+    (truncated, corrupt, not ours) is renamed to ``<name>.corrupt-<time>``, kept for
+    inspection, with a warning, and None is returned: the run starts from scratch."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+        missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+        if missing:
+            raise ValueError(f"lacks {', '.join(missing)}")
+        return state
+    except Exception as exc:  # noqa: BLE001 - whatever is wrong with it, it cannot be resumed from
+        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9}")
+        path.rename(aside)
+        warnings.warn(f"checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc)[:200]}); "
+                      f"kept as {aside.name}, training restarts from scratch", CheckpointWarning, stacklevel=2)
+        return None
+
+
 def load_state(ckpt_path: Path, model, optimizer, gen: torch.Generator, n_train: int) -> TrainState:
     """Restore from ``ckpt_path`` if it exists (strictly: a partial resume would be silent)."""
-    if not ckpt_path.is_file():
+    state = read_checkpoint(ckpt_path, next(model.parameters()).device)
+    if state is None:
         return TrainState(IndexStream(n_train))
-    state = torch.load(ckpt_path, map_location=next(model.parameters()).device, weights_only=False)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     gen.set_state(state["generator"])

@@ -18,18 +18,26 @@ from typing import Any
 import torch
 import yaml
 
+from embreg import checks
+from embreg.attempt import RunLock, finite, publish, work_dir
 from embreg.config import RunConfig
-from embreg.data import DATASETS, Split, load_split, load_unlabeled
+from embreg.data import Split, load_split, load_unlabeled
 from embreg.distributed import DistInfo, barrier, init_from_env
 from embreg.evaluate import evaluate_model, evaluate_pixels
 from embreg.fingerprint import code_hash
 from embreg.io import git_revision, write_json, write_text
-from embreg.models import BACKBONES, STEMS, build_model
-from embreg.optim import OPTIMIZERS
-from embreg.pretrain import DivergedError, pretrain
-from embreg.registry import check_choice
-from embreg.regularizers import check_svmax_form
-from embreg.rundir import State, checkpoint_path, is_finished, read_status, run_dir, run_id, write_status
+from embreg.models import build_model
+from embreg.pretrain import DivergedError, pretrain, read_checkpoint
+from embreg.rundir import (
+    State,
+    checkpoint_path,
+    is_finished,
+    lock_path,
+    read_status,
+    run_dir,
+    run_id,
+    write_status,
+)
 
 
 def job_info() -> dict[str, str]:
@@ -47,57 +55,66 @@ def job_info() -> dict[str, str]:
 
 
 def validate(cfg: RunConfig) -> None:
-    """The config's own checks, then the names the components own (dataset, backbone, stem,
-    optimizer, SVMax form): each unknown name fails in one line listing the valid ones."""
-    cfg.validate()
-    spec = DATASETS.get(cfg.dataset.name)
-    BACKBONES.get(cfg.backbone.name)
-    check_choice("stem", cfg.backbone.stem, STEMS)
-    OPTIMIZERS.get(cfg.optim.name)
-    check_svmax_form(cfg.objective.svmax_form)
-    if cfg.dataset.pretrain_unlabeled and spec.unlabeled is None:
-        raise ValueError(f"dataset.pretrain_unlabeled: dataset {cfg.dataset.name!r} has no unlabeled split")
+    """Every rule the config breaks, at once (embreg.checks: names, ranges, finite numbers,
+    cross-field rules, writable paths); reads no data. ``run_one`` adds the data-aware rule
+    (a batch that fits the prepared training split)."""
+    checks.validate(cfg, with_data=False)
 
 
 def run_one(cfg: RunConfig) -> dict[str, Any]:
-    """Train and evaluate one run; returns its status dict (never raises on a training error).
+    """Train and evaluate one run; returns its status dict (a training error is recorded, not raised).
 
+    Raises ConfigError (or DataUnavailableError, UnknownNameError) for a config that must not
+    run and RunLockedError when another process trains this run, before anything is written.
     With several processes (a multi-task SLURM job) every rank trains; rank 0 alone evaluates
     and writes the run directory."""
     fp = cfg.fingerprint(code_hash())
     rd = run_dir(cfg)
     if is_finished(cfg, fp):
         return read_status(rd)
+    checks.validate(cfg)  # every problem at once, data-aware too, before anything is written or deleted
     dist = init_from_env(torch.device(cfg.profile.device).type)
     if not dist.is_main:
         _train_and_evaluate(cfg, rd, fp, dist)
         return {"run_id": run_id(cfg), "seed": cfg.seed, "state": State.DONE.value, "rank": dist.rank}
-    rd.mkdir(parents=True, exist_ok=True)
+    with RunLock(lock_path(cfg), f"run {run_id(cfg)} seed{cfg.seed}"):
+        if is_finished(cfg, fp):  # another process finished it while this one waited
+            return read_status(rd)
+        return _attempt(cfg, rd, fp, dist)
+
+
+def _attempt(cfg: RunConfig, rd: Path, fp: str, dist: DistInfo) -> dict[str, Any]:
+    """One attempt, under the run's lock. It works in ``rd``, or beside it while ``rd`` holds a
+    result, which is then replaced only by a finished one (embreg.attempt)."""
+    wd = work_dir(rd)
+    wd.mkdir(parents=True, exist_ok=True)
     for stale in ("metrics.json", "error.txt"):
-        (rd / stale).unlink(missing_ok=True)
+        (wd / stale).unlink(missing_ok=True)
     meta = {"run_id": run_id(cfg), "arm": cfg.arm, "seed": cfg.seed, "fingerprint": fp,
             "git_revision": git_revision(), "host": socket.gethostname(), "pid": os.getpid(),
             "world_size": dist.world_size, **job_info()}
-    write_text(rd / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
-    write_status(rd, {**meta, "state": State.RUNNING, "started": time.time()})
+    write_text(wd / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
+    write_status(wd, {**meta, "state": State.RUNNING, "started": time.time()})
     t0 = time.time()
     try:
-        validate(cfg)  # a bad config is this run's failure, recorded like any other
-        metrics = _train_and_evaluate(cfg, rd, fp, dist)
+        metrics = _train_and_evaluate(cfg, wd, fp, dist)
         state, error = State.DONE, None
     except DivergedError as exc:
         state, error, metrics = State.DIVERGED, str(exc), {}
     except Exception as exc:  # noqa: BLE001 - recorded in the run directory, reported by the sweep
         state, error, metrics = State.FAILED, f"{type(exc).__name__}: {exc}", {}
-        write_text(rd / "error.txt", traceback.format_exc())
+        write_text(wd / "error.txt", traceback.format_exc())
     except BaseException as exc:  # a signal's exit (requeue) or Ctrl-C: resumable, then re-raised
-        write_status(rd, {**meta, "state": State.INTERRUPTED, "error": type(exc).__name__,
+        write_status(wd, {**meta, "state": State.INTERRUPTED, "error": type(exc).__name__,
                           "seconds": time.time() - t0})
         raise
     status = {**meta, "state": state.value, "error": error, "seconds": time.time() - t0}
     if state == State.DONE:
-        write_json(rd / "metrics.json", {**meta, **metrics})
-    write_status(rd, status)
+        clean, why = finite({**meta, **metrics})  # JSON has no NaN: null, and the reason
+        write_json(wd / "metrics.json", {**clean, **({"null_reasons": why} if why else {})})
+    write_status(wd, status)
+    if state == State.DONE:
+        publish(wd, rd)
     return status
 
 
@@ -128,8 +145,11 @@ def _train_and_evaluate(cfg: RunConfig, rd: Path, fp: str, dist: DistInfo) -> di
     if device.type == "cuda" and dist.world_size > 1:  # BN statistics over the global batch
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ckpt = checkpoint_path(cfg)
-    if dist.is_main and ckpt.is_file() and torch.load(ckpt, map_location="cpu", weights_only=False).get("fingerprint") != fp:
-        ckpt.unlink()  # trained under another config or code: never resume from it
+    if dist.is_main:  # an unreadable checkpoint is set aside here (read_checkpoint)
+        state = read_checkpoint(ckpt)
+        if state is not None and state.get("fingerprint") != fp:
+            ckpt.unlink()  # trained under another config or code: never resume from it
+        del state  # not kept in memory while training
     barrier()
     metrics: dict[str, Any] = {}
     t0 = time.time()
@@ -138,7 +158,7 @@ def _train_and_evaluate(cfg: RunConfig, rd: Path, fp: str, dist: DistInfo) -> di
                           dist=dist)
         if not dist.is_main:  # rank 0 evaluates
             return {}
-        write_json(rd / "history.json", result["history"])
+        write_json(rd / "history.json", finite(result["history"])[0])
         metrics.update(result["cost"], resumed_at_steps=result["resumed_at"])
     if not dist.is_main:
         return {}
@@ -147,5 +167,5 @@ def _train_and_evaluate(cfg: RunConfig, rd: Path, fp: str, dist: DistInfo) -> di
     evals, spectra = evaluate_model(cfg, model, train, test)
     metrics.update(evals)
     metrics["eval_seconds"] = time.time() - t1
-    write_json(rd / "spectra.json", spectra)
+    write_json(rd / "spectra.json", finite(spectra)[0])
     return metrics

@@ -13,8 +13,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from embreg.attempt import LOCK, alive, finished, latest_status, read_status_file
 from embreg.config import RunConfig
-from embreg.io import read_json, write_json
+from embreg.io import write_json
 
 STATUS_FILE = "status.json"
 
@@ -33,6 +34,8 @@ class State(str, Enum):
     QUEUED = "queued"
     MISSING = "missing"
     STALE = "stale"
+    INCOMPLETE = "incomplete"  # done with this fingerprint, but no valid metrics.json: retrained
+    UNREADABLE = "unreadable"  # a status file that does not parse: retrained
     CANCELLED = "cancelled"
     TIMEOUT = "timeout"
     NODE_FAIL = "node_fail"
@@ -76,10 +79,15 @@ def checkpoint_path(cfg: RunConfig) -> Path:
     return Path(cfg.paths.checkpoints) / run_id(cfg) / f"seed{cfg.seed}" / "last.pt"
 
 
+def lock_path(cfg: RunConfig) -> Path:
+    """The run's lock file (embreg.attempt.RunLock), beside its checkpoint: stable across swaps."""
+    return checkpoint_path(cfg).with_name(LOCK)
+
+
 def read_status(rd: Path) -> dict[str, Any]:
-    """The run's status.json, or ``{"state": "missing"}`` without one."""
-    path = rd / STATUS_FILE
-    return read_json(path) if path.is_file() else {"state": State.MISSING.value}
+    """The run's status.json; ``{"state": "missing"}`` without one, ``unreadable`` (the file and
+    why in ``error``) when it does not parse."""
+    return read_status_file(rd / STATUS_FILE)
 
 
 def write_status(rd: Path, status: dict[str, Any]) -> None:
@@ -89,8 +97,8 @@ def write_status(rd: Path, status: dict[str, Any]) -> None:
 
 
 def judge(status: dict[str, Any], fingerprint: str) -> State:
-    """The run's state from its status file: a result finished under another fingerprint
-    (other config or training code) is stale. The only "finished with this fingerprint" rule."""
+    """A status file's state: a result finished under another fingerprint (other config or
+    training code) is stale. ``observe`` adds the rest of the rule (a valid metrics.json)."""
     state = State(status.get("state", State.MISSING))
     if state == State.DONE and status.get("fingerprint") != fingerprint:
         return State.STALE
@@ -99,17 +107,30 @@ def judge(status: dict[str, Any], fingerprint: str) -> State:
 
 @dataclass
 class Observed:
-    """A run as its directory shows it: the judged state and the status file's contents."""
+    """A run as its directory shows it: the judged state, the status behind it and its file."""
 
     state: State
     status: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
 
 
 def observe(cfg: RunConfig, code: str) -> Observed:
-    """Read the run's status once and judge it against ``cfg``'s fingerprint under ``code``."""
-    status = read_status(run_dir(cfg))
-    return Observed(judge(status, cfg.fingerprint(code)), status)
+    """The one "finished" rule: done only with status done, this fingerprint and a valid
+    metrics.json (embreg.attempt.finished). Otherwise the latest attempt's status (beside a
+    kept result, or in the run directory): a result of other config or code is stale, one
+    without valid metrics incomplete, 'running' whose process is gone interrupted, a status
+    file that does not parse unreadable. All but done need a run."""
+    rd, fp = run_dir(cfg), cfg.fingerprint(code)
+    if finished(rd, fp):
+        return Observed(State.DONE, read_status(rd), rd / STATUS_FILE)
+    status, path = latest_status(rd)
+    status = alive(status, lock_path(cfg))
+    state = judge(status, fp)
+    if state == State.DONE:
+        state = State.INCOMPLETE
+        status = {**status, "error": f"status done but {rd / 'metrics.json'} is missing or not valid JSON"}
+    return Observed(state, status, path)
 
 
 def is_finished(cfg: RunConfig, fingerprint: str) -> bool:
-    return judge(read_status(run_dir(cfg)), fingerprint) == State.DONE
+    return finished(run_dir(cfg), fingerprint)

@@ -99,6 +99,10 @@ def load_seed(run_id: str, seed: int, seed_dir: Path, manifest_state: str | None
             # finished, but under another config or code version than the sweep now expects
             run.state, run.error = State.STALE, "trained with another config or code version"
             return run
+        if run.state == DONE and manifest_state not in (None, DONE, "incomplete", "unknown"):
+            # an older result kept while its retraining failed or stopped (embreg.attempt)
+            run.state, run.error = manifest_state, f"its latest attempt is {manifest_state}; this result is older"
+            return run
         if run.state != DONE:
             return run
         metrics = _read_json(seed_dir / "metrics.json")

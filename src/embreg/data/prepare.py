@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from embreg.config import DatasetConfig
-from embreg.data.datasets import DATASETS, fetch_atomically, md5
+from embreg.data.datasets import DATASETS, DataUnavailableError, fetch_atomically, md5
 from embreg.data.subsets import balanced_subset, subset_name, write_index_file
 
 
@@ -60,7 +60,14 @@ def prepare(data_dir: str | Path, cfg: DatasetConfig, mirror: str | None) -> dic
         if spec.unlabeled is not None:  # extra images for pretraining (STL-10)
             card["unlabeled"] = {"size": len(spec.unlabeled(root))}
 
-    fetch_atomically(data_dir, cfg.name, mirror, finish)
+    try:
+        fetch_atomically(data_dir, cfg.name, mirror, finish)
+    except (DataUnavailableError, ValueError, PermissionError):
+        raise  # already one line that says what to do
+    except Exception as exc:  # noqa: BLE001 - a truncated or corrupt raw file, whatever the reader raised
+        raise DataUnavailableError(
+            f"cannot read {cfg.name} from {mirror or 'its download'} ({type(exc).__name__}: {str(exc)[:200]}); "
+            "a raw file is truncated or corrupt: replace it (or point data.mirrors at good copies)") from None
     return card
 
 

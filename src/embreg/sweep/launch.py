@@ -19,10 +19,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from embreg.attempt import attempt_dir, has_result
 from embreg.params import PipelineParams
-from embreg.rundir import FINISHED, IN_FLIGHT, State, read_status, run_dir, run_id, write_status
+from embreg.rundir import FINISHED, IN_FLIGHT, State, run_dir, run_id, write_status
 from embreg.sweep import scheduler
-from embreg.sweep.plan import Job, Plan, pending, states
+from embreg.sweep.plan import Job, Plan, observe_all, pending, states, unreadable, validate_plan
+from embreg.sweep.stopping import stop_groups
 
 
 def launcher_overrides(params: PipelineParams) -> tuple[list[str], int]:
@@ -98,11 +100,7 @@ def _run_groups(cmds: list[list[str]], logf, sweep: str | None = None, n_jobs: i
             return _await_multiruns(procs, sweep, n_jobs, poll)
         return [p.wait() for p in procs]
     except BaseException:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in procs:
-            p.wait()
+        stop_groups(procs)  # TERM, then KILL after a grace: no job outlives the sweep
         if sweep:
             scheduler.cancel(list(scheduler.jobs_named(sweep)))
         raise
@@ -114,7 +112,8 @@ def _mark_queued(plan: Plan, jobs: list[Job], sweep: str) -> None:
     it started is told from one never submitted."""
     for job in jobs:
         cfg = plan.configs[job]
-        write_status(run_dir(cfg), {"run_id": run_id(cfg), "arm": cfg.arm, "seed": cfg.seed,
+        rd = run_dir(cfg)  # beside a kept result (stale), never over it: see embreg.attempt
+        write_status(attempt_dir(rd) if has_result(rd) else rd, {"run_id": run_id(cfg), "arm": cfg.arm, "seed": cfg.seed,
                                     "state": State.QUEUED, "sweep": sweep})
 
 
@@ -154,7 +153,8 @@ def reconcile(plan: Plan, sweep: str) -> dict[Job, State]:
     runs, the analysis and the next `dvc repro` see it. A run whose job never started has no
     job id: its verdict is that of the sweep's jobs that no run claims. Returns the runs so marked."""
     sched = scheduler.jobs_named(sweep)
-    statuses = {job: read_status(run_dir(cfg)) for job, cfg in plan.configs.items()}
+    seen = observe_all(plan)  # the latest attempt's status, and the file it is in
+    statuses = {job: s.status for job, s in seen.items()}
     claimed = {st.get("slurm_job_id") for st in statuses.values()}
     # jobs no run claims: they never started a run. SLURM forgets an array task cancelled while
     # pending, so no record at all means cancelled; a record is the verdict (FAILED, ...)
@@ -175,7 +175,8 @@ def reconcile(plan: Plan, sweep: str) -> dict[Job, State]:
             state = State.CANCELLED if set(unclaimed) <= {"CANCELLED"} else State.FAILED
             verdict = ", ".join(unclaimed) or "cancelled while pending: no record left"
             error = f"its SLURM job ended before the run started ({verdict}); see the sweep's job logs"
-        write_status(run_dir(plan.configs[job]), {**st, "state": state, "error": error})
+        where = seen[job].path
+        write_status(where.parent if where else run_dir(plan.configs[job]), {**st, "state": state, "error": error})
         lost[job] = state
     return lost
 
@@ -183,6 +184,9 @@ def reconcile(plan: Plan, sweep: str) -> dict[Job, State]:
 def launch(plan: Plan, params: PipelineParams, log: Path, poll: float = 5.0) -> int:
     """Run the pending jobs as Hydra multiruns through the chosen launcher (this machine, or
     SLURM job arrays); returns the worst exit code."""
+    validate_plan(plan)  # every run, before any is launched
+    for line in unreadable(plan):
+        print(line, file=sys.stderr)
     todo = pending(plan)
     if not todo:
         print(f"all {len(plan.jobs)} runs are up to date")

@@ -79,6 +79,28 @@ def make_plan(params: PipelineParams, ablations: list[str] | None = None) -> Pla
     return plan
 
 
+def validate_plan(plan: Plan) -> None:
+    """Every run of the plan checked before any is launched (or any result deleted): one
+    ConfigError listing each bad run on its own line, with every problem it has. The data-aware
+    rule (a batch that fits the training split) reads the prepared split once per dataset."""
+    from embreg.checks import ConfigError, data_problems, problems
+
+    bad = []
+    for cfg in plan.configs.values():
+        found = problems(cfg) or data_problems(cfg)
+        if found:
+            bad.append(f"run {run_id(cfg)} seed{cfg.seed}: " + "; ".join(found))
+    if bad:
+        raise ConfigError(f"{len(bad)} of {len(plan.jobs)} runs have an invalid config; nothing was launched:\n"
+                          + "\n".join(bad))
+
+
+def unreadable(plan: Plan) -> list[str]:
+    """One line per status file that cannot be read (its run counts as needing a rerun)."""
+    return [f"warning: {seen.status['error']}; the run is retrained"
+            for seen in observe_all(plan).values() if seen.state == State.UNREADABLE]
+
+
 def observe_all(plan: Plan) -> dict[Job, Observed]:
     """Each job's run as its directory shows it (status read once, judged by embreg.rundir)."""
     code = code_hash()
@@ -102,7 +124,7 @@ def failed_runs(plan: Plan) -> list[dict[str, str]]:
     for job, seen in observe_all(plan).items():
         if seen.state == State.DONE:
             continue
-        rd = run_dir(plan.configs[job])
+        rd = seen.path.parent if seen.path else run_dir(plan.configs[job])  # the attempt's directory
         error = str(seen.status.get("error") or "").splitlines()
         log = seen.status.get("log") or (str(rd / "error.txt") if (rd / "error.txt").is_file() else "")
         rows.append({"state": seen.state.value, "run": run_id(plan.configs[job]), "seed": job.seed,

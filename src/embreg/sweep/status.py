@@ -19,6 +19,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from embreg.checks import ConfigError
 from embreg.params import PipelineParams, check_option, group_options, load_params
 from embreg.registry import UnknownNameError
 from embreg.rundir import State
@@ -28,6 +29,8 @@ from embreg.sweep.plan import ablation_jobs, make_plan, observe_all
 # the count table's columns, always shown; other states (interrupted, timeout, ...) when present
 STATES = (State.DONE, State.RUNNING, State.QUEUED, State.FAILED, State.DIVERGED, State.CANCELLED,
           State.STALE, State.MISSING)
+# also shown when present: interrupted (its process gone), incomplete (done but no valid
+# metrics.json), unreadable (a status file that does not parse), and SLURM's verdicts
 ERROR_WIDTH = 80
 
 
@@ -120,13 +123,24 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not Path(args.params).is_file():
         ap.error(f"no params file {args.params}")
-    params = load_params(args.params)
+    try:
+        params = load_params(args.params)
+    except ConfigError as exc:  # unknown keys, bad values, malformed overrides: one line each
+        for line in str(exc).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        return 2
     try:
         profiles = _names(args.profile or [params.profile], "profile")
         ablations = _names(args.ablation, "ablation")
     except UnknownNameError as exc:
         ap.error(str(exc))
-    rows = [row for p in profiles for row in collect(dataclasses.replace(params, profile=p), ablations)]
+    try:
+        rows = [row for p in profiles for row in collect(dataclasses.replace(params, profile=p), ablations)]
+    except (ConfigError, UnknownNameError) as exc:  # an override that does not compose
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for error in dict.fromkeys(r["error"] for r in rows if r["state"] == "unreadable"):
+        print(f"warning: {error}; `dvc repro` retrains the run", file=sys.stderr)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
