@@ -40,14 +40,54 @@ def _stop(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _start_time(pid: int) -> str | None:
+    """The start time of process ``pid`` (a pid alone can be reused); None once it has exited,
+    a zombie included (DVC killed by TERM stays one until whoever started it reaps it)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return None if len(fields) < 20 or fields[0] in ("Z", "X") else fields[19]
+
+
+def _launcher() -> int:
+    """The process this stage must not outlive: under `dvc repro`, DVC itself, the nearest
+    ancestor without DVC's DVC_STAGE variable (between the two there may be a shell, which DVC's
+    death leaves alive: /bin/sh does not exec its command); otherwise the parent."""
+    pid = os.getppid()
+    if "DVC_STAGE" not in os.environ:
+        return pid
+    for _ in range(8):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            if not any(v.startswith(b"DVC_STAGE=") for v in env):
+                return pid
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return os.getppid()
+
+
 def stop_on_signals() -> None:
-    """TERM stops the stage like Ctrl-C, and so does the death of its parent: DVC killed by TERM
-    does not pass it on, and the stage (re-parented) would go on training without it."""
+    """TERM and HUP stop the stage like Ctrl-C, and so does the death of DVC (or of the parent,
+    when run by hand): DVC killed by TERM does not pass it on, and the stage would go on training
+    without it. A HUP ignored on purpose (nohup, by hand) stays ignored, and nothing is watched."""
     signal.signal(signal.SIGTERM, _stop)
-    parent = os.getppid()
+    detached = signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    if not detached:
+        signal.signal(signal.SIGHUP, _stop)
+    if detached and "DVC_STAGE" not in os.environ:
+        return  # `nohup python pipelines/sweep.py &`: meant to outlive the shell that started it
+    watched = _launcher()
+    started = _start_time(watched)
+
+    def alive() -> bool:
+        if started is None:  # no /proc: the parent changes when it dies
+            return os.getppid() == watched
+        return _start_time(watched) == started
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while alive():
             time.sleep(1.0)
         os.kill(os.getpid(), signal.SIGTERM)
 

@@ -359,6 +359,41 @@ def _files(root: Path) -> dict[str, int]:
     return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
 
 
+# A stand-in for DVC: no DVC_STAGE in its own environment; it starts the stage through a shell
+# with DVC_STAGE set, as DVC does (dvc/stage/run.py), prints the stage's pid and waits.
+_FAKE_DVC = """
+import os, subprocess, sys
+shell, out = sys.argv[1], sys.argv[2]
+stage = ("import sys, time; sys.path.insert(0, 'pipelines'); from _common import stop_on_signals\\n"
+         "stop_on_signals(); open(%r, 'w').write('watching')\\n"
+         "try:\\n    time.sleep(120)\\nexcept KeyboardInterrupt as exc:\\n    open(%r, 'w').write(str(exc))" % (out, out))
+env = {**os.environ, "DVC_STAGE": "sweep"}
+p = subprocess.Popen([shell, "-c", f"{sys.executable} -c \\"{stage}\\""], env=env)
+p.wait()
+"""
+
+
+@pytest.mark.parametrize("shell", ["/bin/sh", "/bin/bash"])
+def test_the_stage_stops_when_dvc_dies_whatever_the_shell_between(tmp_path, shell):
+    """DVC runs a stage through $SHELL -c; bash execs the command, dash (/bin/sh) waits for it,
+    alive after DVC dies. Either way the stage notices DVC is gone and stops like on TERM."""
+    import signal
+    import time
+
+    out = tmp_path / "stage.out"
+    fake = subprocess.Popen([sys.executable, "-c", _FAKE_DVC, shell, str(out)], cwd=REPO)
+    deadline = time.monotonic() + 60
+    while not (out.exists() and out.read_text() == "watching"):
+        assert time.monotonic() < deadline and fake.poll() is None
+        time.sleep(0.1)
+    fake.send_signal(signal.SIGKILL)  # DVC gone at once; kept a zombie (not reaped) meanwhile
+    deadline = time.monotonic() + 10
+    while out.read_text() == "watching" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert out.read_text() == f"signal {int(signal.SIGTERM)}"
+    fake.wait()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("target", ["sweep", "dvc"])
 def test_term_stops_every_job_and_nothing_writes_afterwards(tmp_path, fmnist_mirror, target):
@@ -381,7 +416,8 @@ def test_term_stops_every_job_and_nothing_writes_afterwards(tmp_path, fmnist_mir
     else:
         run_cmd([sys.executable, "pipelines/prepare.py"], repo)
         cmd = [sys.executable, "pipelines/sweep.py"]
-    proc = subprocess.Popen(cmd, cwd=repo, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {**tool_env(), "SHELL": "/bin/sh"}  # DVC's shell: dash does not exec the stage, and outlives DVC
+    proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     runs = repo / "results" / "smoke" / "runs"
     deadline = time.monotonic() + 300
     while not any(s.stat().st_size and json.loads(s.read_text()).get("state") == "running"

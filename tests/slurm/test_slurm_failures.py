@@ -6,6 +6,7 @@ ends with a table of them (with log paths) and exits non-zero; the analysis mark
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -18,19 +19,28 @@ from tests.slurm.conftest import require_cluster, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-# the edits that break arms: an infinite invariance weight makes the loss inf (diverged; the
-# svmax arms build on inv_only, so they diverge too); an unknown SVMax loss form makes the run
-# raise in its job (a crash, recorded as failed; var_l2 also builds on inv_only)
-BREAK = {"inv_only": ("invariance", float("inf")), "var_l2": ("svmax_form", "no_such_form")}
-HEALTHY = ("vicreg", "vicreg_nocov", "vicreg_all", "supervised")  # candidates to cancel mid-run
+# What breaks runs. Divergence: an invariance weight that float32 cannot hold (a finite number,
+# so the config is valid, but inf once it multiplies the loss: "loss is inf"; the svmax and
+# var_l2 arms build on inv_only, so they diverge too). A crash in the job: a directory where
+# vicreg_nocov's checkpoint goes, so that its first checkpoint, after its first epoch, raises
+# (IsADirectoryError; recorded as failed). Both pass the sweep's validation: they are what it
+# cannot see before the runs start.
+BREAK = {"inv_only": ("invariance", 1e300)}
+CRASHING = "vicreg_nocov"
+CRASH_ERROR = "IsADirectoryError"
+HEALTHY = ("vicreg", "vicreg_all", "supervised")  # candidates to cancel mid-run
+
+
+def _checkpoint_in_the_way(repo: Path) -> Path:
+    return repo / "checkpoints" / "smoke" / CRASHING / "seed0" / "last.pt"
 
 
 def _expected(repo: Path, key: str) -> str:
     """What a run should end as, from the config it ran with."""
     cfg = yaml.safe_load((repo / "results" / "smoke" / "runs" / key / "config.yaml").read_text())
-    if cfg["objective"]["svmax_form"] == "no_such_form":  # checked before training starts
+    if cfg["objective"]["name"] == CRASHING:
         return "failed"
-    return "diverged" if cfg["objective"]["invariance"] == float("inf") else "done"
+    return "diverged" if cfg["objective"]["invariance"] == BREAK["inv_only"][1] else "done"
 
 
 def _edit_objective(repo: Path, name: str, key: str, value) -> str:
@@ -76,6 +86,9 @@ def broken_sweep(tmp_path_factory, fmnist_mirror):
                   overrides=["pretrain.epochs=5", "pretrain.steps_per_epoch=5"])
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     originals = {name: _edit_objective(repo, name, *edit) for name, edit in BREAK.items()}
+    blocker = _checkpoint_in_the_way(repo)
+    blocker.mkdir(parents=True)
+    (blocker / "not-a-checkpoint").write_text("a directory where the run's checkpoint goes")
     git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
     run_cmd(["git", "init", "-q"], repo)
     run_cmd([*git, "add", "-A"], repo)
@@ -117,7 +130,7 @@ def test_the_sweep_reports_every_failure_and_exits_non_zero(broken_sweep):
         if st["state"] == "diverged":
             assert "loss is inf" in st["error"], st
         elif st["state"] == "failed":
-            assert "no_such_form" in st["error"], st
+            assert CRASH_ERROR in st["error"] and "last.pt" in st["error"], st
     assert {st["state"] for st in status.values()} == {"done", "diverged", "failed", "cancelled"}
     # the table names each of them, with the job's log where the run started
     table = err[err.index("runs did not finish"):]
@@ -141,13 +154,14 @@ def test_the_analysis_marks_the_failed_cells(broken_sweep):
     run_cmd(["dvc", "repro", "-s", "analyze"], repo)
     main = (repo / "results" / "smoke" / "tables" / "main.md").read_text()
     assert "seed 0 diverged (loss is inf" in main
-    assert "seed 0 failed" in main and "no_such_form" in main
+    assert "seed 0 failed" in main and CRASH_ERROR in main
 
 
 def test_repro_again_submits_only_the_runs_that_did_not_finish(broken_sweep):
     repo, _, _, _, cancelled, _, _, originals = broken_sweep
     for name, text in originals.items():  # the user fixes the broken arms
         (repo / "conf" / "objective" / f"{name}.yaml").write_text(text)
+    shutil.rmtree(_checkpoint_in_the_way(repo))  # and clears the checkpoint's way
     before = {k: st for k, st in _status(repo).items()}
     mtimes = {k: (repo / "results/smoke/runs" / k / "metrics.json").stat().st_mtime_ns
               for k, st in before.items() if st["state"] == "done"}
