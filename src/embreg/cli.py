@@ -9,6 +9,7 @@ import sys
 # subcommand -> (module whose main() it runs, one-line help); modules are imported on use only
 COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("embreg.sweep.status", "which runs are done, running, queued, failed, ... per profile and ablation"),
+    "collapse": ("embreg.audit", "collapse metrics of any trained ResNet (a run, its checkpoint, a torchvision state_dict), layer by layer"),
     "bench": ("embreg.bench", "time SVMax, the VICReg terms and pretraining; writes results/bench"),
 }
 

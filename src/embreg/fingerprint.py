@@ -40,7 +40,7 @@ TRAINING_CODE: tuple[str, ...] = (
 # what the sweep stage runs besides the core: reading params.yaml, planning and launching
 PIPELINE_CODE: tuple[str, ...] = ("params.py", "sweep")
 # never changes a run's results and is no dependency of the sweep stage
-NOT_TRAINING_CODE: tuple[str, ...] = ("analysis", "bench", "cli.py")
+NOT_TRAINING_CODE: tuple[str, ...] = ("analysis", "audit.py", "bench", "cli.py")
 
 
 def training_files(package_dir: Path = PACKAGE_DIR) -> list[Path]:
