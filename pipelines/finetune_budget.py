@@ -7,7 +7,7 @@ Criterion: a budget b is long enough when doubling it moves the cell's mean by l
 measures early optimisation; at and above it, the representation (up to fine-tuning noise).
 
 Learning rates: the profile's eval.finetune_lr_backbone / finetune_lr_head (VICReg's
-semi-supervised lrs, given for batch 256), scaled linearly by batch / --lr-reference-batch.
+semi-supervised lrs, given for batch 256), scaled linearly by batch / eval.finetune_lr_batch, as the runs do (embreg.evaluate.finetune_lr_scale).
 Everything else is embreg.evaluate.finetune as the pipeline calls it (crop scale, cosine, SGD).
 
 Usage (from the repository root, after `python pipelines/prepare.py`):
@@ -33,13 +33,14 @@ import hashlib
 import math
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from statistics import mean, stdev
 from typing import Any
 
 from _common import fail
 
-REF_BATCH = 256  # the batch size VICReg's semi-supervised lrs are given for
+DEFAULT_BATCH = 256  # the fine-tuning batch measured by default (eval.finetune_lr_batch scales the lrs)
 
 
 def t_quantile(p: float, df: int) -> float:
@@ -122,7 +123,7 @@ def markdown(meta: dict[str, Any], subsets: dict[str, Any]) -> str:
     lines = ["# Fine-tuning budget (one fixed checkpoint, fine-tuning seeds varied)", "",
              f"Checkpoint: `{meta['checkpoint']}` ({meta['profile']} profile, {meta['objective']}, "
              f"pretraining seed {meta['pretrain_seed']}). Batch {meta['batch_size']}, lrs scaled by "
-             f"batch / {REF_BATCH}; {meta['threads']} thread(s). Command: `{meta['command']}`"
+             f"batch / {meta.get('lr_reference_batch', 256)}; {meta['threads']} thread(s). Command: `{meta['command']}`"
              + "".join(f"; worker: `{c}`" for c in meta.get("merged_from", [])), "",
              "| subset | epochs | steps | top-1 mean | 95% CI (t, n-1) | n | std | wall s / job | cpu s / job |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -179,7 +180,7 @@ def main() -> None:
     ap.add_argument("--budget", action="append", default=[], metavar="SUBSET=E1,E2",
                     help="epochs per subset (repeatable); default train_1pct=20,40 train_10pct=2,4")
     ap.add_argument("--ft-seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--batch-size", type=int, default=REF_BATCH)
+    ap.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="results/budget")
     ap.add_argument("--jobs-from", action="append", default=[], metavar="JSON",
@@ -191,7 +192,7 @@ def main() -> None:
     import torch
 
     from embreg.data import Normalizer, load_split, read_index_file, subset_name
-    from embreg.evaluate import finetune
+    from embreg.evaluate import finetune, finetune_lr_scale
     from embreg.io import read_json, write_json, write_text
     from embreg.params import compose_run
 
@@ -207,10 +208,10 @@ def main() -> None:
     test = load_split(cfg.paths.data, ds.name, train=False, image_size=ds.image_size)
     norm = Normalizer(ds.mean, ds.std)
     root = Path(cfg.paths.data) / ds.name / "subsets"
-    scale = args.batch_size / REF_BATCH
+    scale = finetune_lr_scale(replace(ev, finetune_batch_size=args.batch_size))  # the runs' own rule
     meta = {"profile": args.profile, "objective": args.objective, "pretrain_seed": args.seed,
             "checkpoint": ckpt, "checkpoint_sha256_16": digest, "batch_size": args.batch_size,
-            "lr_scale": scale, "threads": args.threads, "crop_scale": list(ev.finetune_crop_scale),
+            "lr_scale": scale, "lr_reference_batch": ev.finetune_lr_batch, "threads": args.threads, "crop_scale": list(ev.finetune_crop_scale),
             "command": " ".join(["python", *sys.argv])}
     out_json = Path(args.out) / "finetune_budget.json"
     jobs: list[dict[str, Any]] = []

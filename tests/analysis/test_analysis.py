@@ -95,6 +95,21 @@ def test_by_design_and_failed_cells(analyzed: tuple[Path, dict]) -> None:
     assert "seed 2 missing" in footnote(md, row(df, "vicreg_all")["method"])
 
 
+def test_semi_columns_all_empty_by_design_are_left_out_with_a_remark(analyzed: tuple[Path, dict]) -> None:
+    """Rows that all lack fine-tuning by design (references, an arm with it switched off) give no
+    semi-supervised columns, and one sentence says so; one failed row keeps them (its cell says why)."""
+    from embreg.analysis.tables import ACCURACY_COLUMNS, metric_table
+
+    res = load_results(analyzed[0])
+    table = metric_table(res, "t", "t", ["pixels", "random_init", "inv_only"], ACCURACY_COLUMNS)
+    assert list(table.frame.columns) == ["method", "linear top-1", "top-5", "kNN-20 top-1", "n"]
+    assert "No semi-supervised columns: no run here fine-tunes, by design" in table.markdown()
+    assert not any("switches semi-supervised evaluation off" in t for t in table.notes.texts)
+    for runs in (["pixels", "inv_only", "svmax_all"], ["inv_only", "svmax"]):  # diverged; fine-tuned
+        table = metric_table(res, "t", "t", runs, ACCURACY_COLUMNS)
+        assert "10% top-1" in table.frame.columns and not table.remark, runs
+
+
 def test_significance_marks_and_holm(analyzed: tuple[Path, dict]) -> None:
     root, summary = analyzed
     anti, tests = read_table(root, "anticollapse"), read_table(root, "anticollapse_tests")

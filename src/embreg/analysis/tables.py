@@ -26,7 +26,7 @@ from embreg.analysis.cells import (
     row_n,
 )
 from embreg.analysis.compare import Comparison, reference_deltas
-from embreg.analysis.references import PIXELS, RANDOM_INIT, REFERENCES, kind, row_label
+from embreg.analysis.references import PIXELS, RANDOM_INIT, REFERENCES, by_design, kind, row_label
 from embreg.analysis.stats import describe, fmt_p
 
 # (header, metrics.json key after flattening, decimals)
@@ -64,10 +64,21 @@ def delta_cell(results: Results, run_id: str, ref: str, deltas: dict, notes: Foo
     return fmt_effect(test)
 
 
+def empty_by_design(results: Results, runs: list[str], key: str) -> bool:
+    """No run has the metric, and each lacks it by design (a failed run's cell keeps the column)."""
+    return all(not results.values(m, key) and by_design(results, m, key) for m in runs)
+
+
 def metric_table(results: Results, name: str, title: str, runs: list[str], columns: list[Column],
                  comps: list[Comparison] | None = None, deltas: bool = False) -> Table:
-    """One row per run: the metric columns (``†`` on significant cells), optional Δ columns, n."""
+    """One row per run: the metric columns (``†`` on significant cells), optional Δ columns, n.
+    The semi-supervised columns are left out, with a remark, when every cell would be empty by design."""
     table = Table(name, title, pd.DataFrame())
+    semi = [c for c in columns if c[1].startswith("semi_")]
+    if semi and all(empty_by_design(results, runs, key) for _, key, _ in semi):
+        columns = [c for c in columns if c not in semi]
+        table.remark = ("No semi-supervised columns: no run here fine-tunes, by design "
+                        "(`eval.semi_supervised` is off in this profile, or the rows are references that never do).")
     marked = {(c.arm, c.metric) for c in comps or [] if c.significant}
     delta = reference_deltas(results, runs) if deltas else {}
     rows = []
@@ -92,8 +103,11 @@ def main_runs(results: Results) -> list[str]:
 
 def main_table(results: Results) -> Table:
     """Every arm with the references: linear (with Δ to pixels and random init), kNN, semi-supervised."""
-    return metric_table(results, "main", "All arms: linear, kNN and semi-supervised top-1 (%), mean [95% CI]",
-                        main_runs(results), ACCURACY_COLUMNS, deltas=True)
+    table = metric_table(results, "main", "All arms: linear, kNN and semi-supervised top-1 (%), mean [95% CI]",
+                         main_runs(results), ACCURACY_COLUMNS, deltas=True)
+    if table.remark:
+        table.title = "All arms: linear and kNN top-1 (%), mean [95% CI]"
+    return table
 
 
 def versus_cell(run_id: str, comps: list[Comparison], metric: str = "linear_top1") -> str:
