@@ -108,6 +108,28 @@ def test_incomplete_mirror_names_the_missing_file(tmp_path):
     assert list((tmp_path / "data").iterdir()) == []
 
 
+@pytest.mark.parametrize("has_filter", [True, False], ids=["filter", "python-before-3.11.4"])
+def test_an_archive_yields_only_the_regular_files_the_card_lists(tmp_path, monkeypatch, has_filter):
+    """A link under an expected name is not extracted (the file is then missing), with or without
+    tarfile's extraction filters (absent before Python 3.11.4)."""
+    import tarfile
+
+    if not has_filter:
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    mirror = write_cifar10(tmp_path / "m")
+    archive = as_archive(mirror, "cifar-10-batches-py", tmp_path / "mirror" / "cifar-10-python.tar.gz")
+    assert _prepare("cifar10", archive.parent, tmp_path / "good")["splits"]["test"]["size"] > 0
+    with tarfile.open(archive, "w:gz") as tar:  # test_batch replaced by a link to a file outside
+        for f in (mirror / "cifar-10-batches-py").iterdir():
+            if f.name != "test_batch":
+                tar.add(f, arcname=f"cifar-10-batches-py/{f.name}")
+        link = tarfile.TarInfo("cifar-10-batches-py/test_batch")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    with pytest.raises(DataUnavailableError, match="lacks test_batch"):
+        _prepare("cifar10", archive.parent, tmp_path / "data")
+
+
 def test_unknown_dataset_lists_the_valid_ones():
     with pytest.raises(ValueError, match="valid: cifar10, cifar100, fashion_mnist, imagenet, imagenet100, stl10"):
         DATASETS.get("imagenet21k")

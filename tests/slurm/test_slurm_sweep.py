@@ -68,4 +68,4 @@ def test_same_tables_as_the_local_launcher(slurm_repo, smoke_repo):
         for seed in seeds:
             a = json.loads((slurm_repo / "results/smoke/runs" / rid / f"seed{seed}" / "metrics.json").read_text())
             b = json.loads((smoke_repo / "results/smoke/runs" / rid / f"seed{seed}" / "metrics.json").read_text())
-            assert a["linear_top1"] == b["linear_top1"] and a["collapse"] == b["collapse"], rid
+            assert a["linear_top1"] == b["linear_top1"] and a.get("collapse") == b.get("collapse"), rid  # pixels: none

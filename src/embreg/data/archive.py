@@ -70,8 +70,10 @@ def _from_archive_mirror(ds: Archive, mirror: Path, root: Path) -> bool:
         return False
     wanted = {f"{ds.folder}/{f}" for f in ds.files}
     with tarfile.open(archive) as tar:
-        members = [m for m in tar.getmembers() if m.name.removeprefix("./") in wanted]
-        tar.extractall(root, members=members, filter="data")
+        # only regular files with the names the card lists: nothing can land outside ``root``,
+        # which is what the "data" filter (Python >= 3.11.4 / 3.10.12) also enforces where it exists
+        members = [m for m in tar.getmembers() if m.name.removeprefix("./") in wanted and m.isfile()]
+        tar.extractall(root, members=members, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     return True
 
 
