@@ -40,11 +40,16 @@ def _stop(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _stat(pid: int) -> list[str]:
+    """/proc/<pid>/stat after the command name (state, ppid, ...); OSError once the pid is gone."""
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+
+
 def _start_time(pid: int) -> str | None:
     """The start time of process ``pid`` (a pid alone can be reused); None once it has exited,
     a zombie included (DVC killed by TERM stays one until whoever started it reaps it)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        fields = _stat(pid)
     except OSError:
         return None
     return None if len(fields) < 20 or fields[0] in ("Z", "X") else fields[19]
@@ -62,7 +67,7 @@ def _launcher() -> int:
             env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
             if not any(v.startswith(b"DVC_STAGE=") for v in env):
                 return pid
-            pid = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+            pid = int(_stat(pid)[1])
         except (OSError, ValueError, IndexError):
             break
     return os.getppid()

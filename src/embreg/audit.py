@@ -20,22 +20,24 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
+from omegaconf import OmegaConf
 
-from embreg.config import BackboneConfig, DatasetConfig
+from embreg.config import BackboneConfig, DatasetConfig, RunConfig
 from embreg.data import DataUnavailableError, load_split
 from embreg.data.augment import Normalizer
-from embreg.evaluate import extract
+from embreg.evaluate import extract, probe_subset
 from embreg.io import write_json, write_text
 from embreg.metrics import collapse_metrics
 from embreg.models import TAP_NAMES, build_model
-from embreg.params import conf_dir, group_options
+from embreg.params import compose_run
 from embreg.registry import UnknownNameError, check_choice
+from embreg.rundir import checkpoint_path, run_id
 
 SPLITS = ("test", "train")
 # blocks per stage of the ResNets the suite builds (torchvision's layouts)
@@ -106,11 +108,8 @@ def infer_network(state: dict[str, torch.Tensor], source: str) -> Network:
 
 
 def dataset_config(name: str) -> DatasetConfig:
-    """conf/dataset/<name>.yaml as a DatasetConfig; an unknown name lists the known ones."""
-    check_choice("dataset", name, group_options("dataset"))
-    raw = yaml.safe_load((conf_dir() / "dataset" / f"{name}.yaml").read_text()) or {}
-    known = {f.name for f in fields(DatasetConfig)}
-    return DatasetConfig(**{k: v for k, v in raw.items() if k in known})
+    """conf/dataset/<name>.yaml, composed and typed as every run's is (an unknown name lists the known ones)."""
+    return compose_run("default", [f"dataset={name}"]).dataset
 
 
 class GreyToRGB:
@@ -157,12 +156,10 @@ def audit(
         first = str(exc).splitlines()[1:2] or [str(exc)[:200]]
         raise CheckpointError(f"the weights do not fit a {net.backbone.name} ({net.backbone.stem} stem): "
                               f"{first[0].strip()[:240]}") from None
-    data = load_split(data_dir, dataset, train=split == "train", image_size=ds.image_size)
-    if samples is not None:
-        if samples < 2:
-            raise ValueError(f"samples={samples}: the metrics need at least 2 images")
-        if samples < len(data):
-            data = data.subset(torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:samples].sort().values)
+    if samples is not None and samples < 2:
+        raise ValueError(f"samples={samples}: the metrics need at least 2 images")
+    # the same fixed (seed 0) subset rule as the probe's images
+    data = probe_subset(load_split(data_dir, dataset, train=split == "train", image_size=ds.image_size), samples)
     norm = Normalizer(ds.mean, ds.std)
     if net.in_channels == 3 and ds.in_channels == 1:
         norm = GreyToRGB(norm)
@@ -196,13 +193,13 @@ def to_markdown(report: dict[str, Any]) -> str:
 
 
 def _from_run_dir(run: Path) -> tuple[Path, str, Path]:
-    """A run directory's checkpoint, dataset and data folder, from its config.yaml."""
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
-    rid, seed = run.parent.name, cfg["seed"]
-    ckpt = Path(cfg["paths"]["checkpoints"]) / rid / f"seed{seed}" / "last.pt"
-    if cfg["objective"]["kind"] in ("untrained", "pixels"):
-        raise CheckpointError(f"run {rid} seed{seed} is a reference ({cfg['objective']['kind']}) with no trained checkpoint")
-    return ckpt, cfg["dataset"]["name"], Path(cfg["paths"]["data"])
+    """A run directory's checkpoint (where the run itself put it), dataset and data folder, from its config.yaml."""
+    raw = yaml.safe_load((run / "config.yaml").read_text())
+    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), raw))
+    if cfg.objective.kind in ("untrained", "pixels"):
+        raise CheckpointError(f"run {run_id(cfg)} seed{cfg.seed} is a reference ({cfg.objective.kind}) "
+                              "with no trained checkpoint")
+    return checkpoint_path(cfg), cfg.dataset.name, Path(cfg.paths.data)
 
 
 def main(argv: list[str] | None = None) -> int:

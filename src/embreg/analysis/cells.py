@@ -58,6 +58,10 @@ class Table:
     # one sentence under the table (e.g. which columns are left out, and why); footnotes follow it
     remark: str = ""
 
+    def footer(self) -> list[str]:
+        """What follows the table: its remark, then its numbered footnotes."""
+        return [*([self.remark] if self.remark else []), *self.notes.lines()]
+
     def shown(self) -> pd.DataFrame:
         return self.frame.drop(columns=[c for c in self.md_drop if c in self.frame.columns])
 
@@ -65,7 +69,7 @@ class Table:
         """The table (CSV-only columns dropped) followed by its footnotes (one per line)."""
         frame = self.shown().map(lambda c: str(c).replace("|", "\\|"))  # a bare pipe would split the cell
         text = frame.to_markdown(index=False, disable_numparse=True) if len(frame) else "_(no rows)_"
-        lines = [*([self.remark] if self.remark else []), *self.notes.lines()]
+        lines = self.footer()
         return text + ("\n\n" + "  \n".join(lines) if lines else "") + "\n"
 
 
@@ -150,7 +154,6 @@ def write_table(table: Table, tables_dir: Path) -> list[Path]:
     escaped = shown.map(latex_escape)
     escaped.columns = [latex_escape(c) for c in shown.columns]
     body = escaped.to_latex(index=False, escape=False) if len(shown) else "% no rows\n"
-    lines = [*([table.remark] if table.remark else []), *table.notes.lines()]
-    notes = "".join(f"\\par\\footnotesize {latex_escape(line)}\n" for line in lines)
+    notes = "".join(f"\\par\\footnotesize {latex_escape(line)}\n" for line in table.footer())
     tex.write_text(f"% {latex_escape(table.title)}\n{body}{notes}")
     return [md, csv, tex]
