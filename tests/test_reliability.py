@@ -360,7 +360,7 @@ def _files(root: Path) -> dict[str, int]:
 
 
 # A stand-in for DVC: no DVC_STAGE in its own environment; it starts the stage through a shell
-# with DVC_STAGE set, as DVC does (dvc/stage/run.py), prints the stage's pid and waits.
+# with DVC_STAGE set, as DVC does (dvc/stage/run.py), and waits for it.
 _FAKE_DVC = """
 import os, subprocess, sys
 shell, out = sys.argv[1], sys.argv[2]
