@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from embreg.config import LAYERS, OBJECTIVE_KINDS, PRECISIONS, SPACES, RunConfig
+from embreg.config import LAYERS, OBJECTIVE_KINDS, PRECISIONS, SPACES, TRAINED_KINDS, RunConfig
 from embreg.registry import UnknownNameError
 
 DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
@@ -103,6 +103,7 @@ def problems(cfg: RunConfig) -> list[str]:
     c.number("objective.layer_weight", obj.layer_weight, 0)
     c.number("objective.gamma", obj.gamma, 0, lo_open=True)
     c.number("objective.var_eps", obj.var_eps, 0, lo_open=True)
+    c.number("objective.margin", obj.margin, 0, 2, lo_open=True)
     c.choice("optim.name", opt.name, OPTIMIZERS.names())
     c.number("optim.lr", opt.lr, 0, lo_open=True)
     c.number("optim.weight_decay", opt.weight_decay, 0)
@@ -110,7 +111,7 @@ def problems(cfg: RunConfig) -> list[str]:
     c.number("optim.batch_size", opt.batch_size, 2, integer=True)
     c.number("optim.warmup_epochs", opt.warmup_epochs, 0, integer=True)
     c.number("optim.lars_eta", opt.lars_eta, 0, lo_open=True)
-    if obj.kind in ("ssl", "supervised"):  # random init and pixels train nothing on purpose; these must
+    if obj.kind in TRAINED_KINDS:  # random init and pixels train nothing on purpose; these must
         c.number("pretrain.epochs", cfg.pretrain.epochs, 1, integer=True)
     if cfg.pretrain.steps_per_epoch is not None:
         c.number("pretrain.steps_per_epoch", cfg.pretrain.steps_per_epoch, 1, integer=True)
@@ -187,7 +188,7 @@ def train_size(data_dir: str, name: str) -> int:
 def data_problems(cfg: RunConfig) -> list[str]:
     """The batch must fit in the prepared training split (DataUnavailableError when unreadable)."""
     n = train_size(str(cfg.paths.data), cfg.dataset.name)
-    if cfg.objective.kind in ("ssl", "supervised") and _num(cfg.optim.batch_size) and cfg.optim.batch_size > n:
+    if cfg.objective.kind in TRAINED_KINDS and _num(cfg.optim.batch_size) and cfg.optim.batch_size > n:
         return [_bad("optim.batch_size", cfg.optim.batch_size,
                      f"must be <= the {n} images of {cfg.dataset.name}'s training split")]
     return []

@@ -16,7 +16,8 @@ from typing import Any
 
 from embreg.registry import check_choice
 
-OBJECTIVE_KINDS = ("ssl", "supervised", "untrained", "pixels")
+OBJECTIVE_KINDS = ("ssl", "supervised", "untrained", "pixels", "metric")
+TRAINED_KINDS = ("ssl", "supervised", "metric")  # the kinds that pretrain a network
 SPACES = ("raw", "l2")
 LAYERS = ("last", "all")
 PRECISIONS = ("fp32", "bf16")
@@ -65,7 +66,9 @@ class ObjectiveConfig:
 
     name: str = "vicreg"
     # ssl | supervised (cross-entropy, a reference) | untrained (random init, evaluated as is) |
-    # pixels (no network: the probe and kNN on the standardized raw pixels, a reference)
+    # pixels (no network: the probe and kNN on the standardized raw pixels, a reference) |
+    # metric (supervised metric learning, the SVMax paper's setting: a contrastive loss on the
+    # first half of the classes, recall@k on the other half; ``margin`` and ``svmax`` apply)
     kind: str = "ssl"
     space: str = "raw"  # raw: VICReg's own space; l2: rows l2-normalized first (SVMax's space)
     invariance: float = 25.0
@@ -82,6 +85,7 @@ class ObjectiveConfig:
     var_eps: float = 1e-4
     var_halve: bool = True  # official code halves the variance term; the paper's Eq. 1 does not
     svmax_form: str = "score"
+    margin: float = 0.5  # metric: the contrastive margin between unit vectors (distances in [0, 2])
 
     def validate(self) -> None:
         check_choice("objective kind", self.kind, OBJECTIVE_KINDS)

@@ -28,10 +28,12 @@ from embreg.data import (
     Split,
     augment,
     batch_images,
+    class_indices,
+    class_split,
     read_index_file,
     subset_name,
 )
-from embreg.metrics import collapse_metrics, row_singular_values, spectrum
+from embreg.metrics import collapse_metrics, recall_at_k, row_singular_values, spectrum
 from embreg.models import EmbeddingModel, build_model
 from embreg.optim import cosine_schedule, set_lr
 
@@ -200,6 +202,22 @@ def collapse_report(feats: dict[str, torch.Tensor], k: int) -> tuple[dict, dict]
     return metrics, spectra
 
 
+RECALL_KS = (1, 2, 4, 8)  # the metric-learning papers' recall@k
+
+
+def retrieval(feats: dict[str, torch.Tensor], labels: torch.Tensor, num_classes: int) -> dict[str, float]:
+    """Recall@k on the test images of the held-out classes (``class_split``'s second half, never
+    seen by the metric-learning arms), for the embedding (projector) and the backbone features:
+    ``recall_at_1`` ... and ``backbone_recall_at_1`` ...; for raw pixels, ``feats`` has "pixels"."""
+    _, held = class_split(num_classes)
+    idx = class_indices(labels, held)
+    out: dict[str, float] = {}
+    for name, prefix in (("projector", ""), ("pixels", ""), ("backbone", "backbone_")):
+        if name in feats:
+            out.update({prefix + k: v for k, v in recall_at_k(feats[name][idx], labels[idx], RECALL_KS).items()})
+    return out
+
+
 def evaluate_pixels(cfg: RunConfig, train: Split, test: Split) -> dict[str, Any]:
     """The raw-pixel reference: the same linear probe (same probe subset, standardized
     features) and kNN as every arm, on the flattened standardized pixels (n, c*h*w)."""
@@ -213,6 +231,7 @@ def evaluate_pixels(cfg: RunConfig, train: Split, test: Split) -> dict[str, Any]
     out = {f"linear_{k}": v for k, v in
            linear_probe(xtr, probe.labels, xte, test.labels, ds.num_classes, ev, cfg.seed).items()}
     out.update(knn_accuracy(xtr, probe.labels, xte, test.labels, ds.num_classes, list(ev.knn_k), ev.knn_temperature))
+    out.update(retrieval({"pixels": xte}, test.labels, ds.num_classes))
     return out
 
 
@@ -247,6 +266,7 @@ def evaluate_model(cfg: RunConfig, model: EmbeddingModel, train: Split, test: Sp
     out.update({f"linear_{k}": v for k, v in lin.items()})
     out.update(knn_accuracy(ftr["backbone"], probe.labels, fte["backbone"], test.labels,
                             ds.num_classes, list(ev.knn_k), ev.knn_temperature))
+    out.update(retrieval(fte, test.labels, ds.num_classes))
     collapse, spectra = collapse_report(fte, ev.spectrum_size)
     out["collapse"] = collapse
     # fine-tuning a random init is the supervised baseline's from-scratch column: not repeated

@@ -94,3 +94,15 @@ def spectrum(e: torch.Tensor, k: int, row_values: torch.Tensor | None = None) ->
     s = row_singular_values(e) if row_values is None else row_values
     s = s / s[0].clamp_min(1e-12)
     return [float(v) for v in s[:k]]
+
+
+def recall_at_k(e: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 2, 4, 8)) -> dict[str, float]:
+    """Retrieval recall@k, as the metric-learning papers report it (CUB, CARS): each sample in turn
+    is the query and every other sample the gallery, ranked by cosine similarity; a query scores
+    when a sample of its class is among its k nearest. Percent. (n, d), (n,) -> {"recall_at_k": %}"""
+    n = F.normalize(e.double(), dim=1)
+    sim = n @ n.T
+    sim.fill_diagonal_(-math.inf)  # a query never retrieves itself
+    top = sim.topk(min(max(ks), len(e) - 1), dim=1).indices
+    hit = labels[top] == labels[:, None]
+    return {f"recall_at_{k}": float(hit[:, :k].any(dim=1).double().mean() * 100) for k in ks}

@@ -1,4 +1,5 @@
-"""An arm's training objective: which terms, in which space, on which layers.
+"""An arm's training objective: which terms, in which space, on which layers (and, for the
+metric-learning arms, the contrastive loss with or without SVMax).
 
 ``ssl_loss`` returns every term's value on the final embedding (for the loss-term curves, also
 the terms an arm does not train with, computed without gradient) and the weighted total.
@@ -113,3 +114,16 @@ def ssl_loss(
                 total = total + coeff * weighted
     logged["loss"] = total.detach()
     return total, {k: float(v) for k, v in logged.items()}
+
+
+def metric_loss(z: torch.Tensor, labels: torch.Tensor, obj: ObjectiveConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """Supervised metric learning (``kind: metric``): the contrastive loss on the l2-normalized
+    embedding, plus ``svmax`` times SVMax's loss on it, as in the SVMax paper's retrieval
+    experiments. Both on the batch gathered across ranks. z: (b, d), labels: (b,).
+    Logged: ``contrastive``, ``svmax`` (computed without gradient when its coefficient is 0), ``loss``."""
+    g, y = gather_with_grad(z), gather_with_grad(labels)
+    con = R.contrastive(g, y, obj.margin)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and obj.svmax > 0):
+        sv = R.svmax_loss(g, obj.svmax_form)
+    total = con + obj.svmax * sv if obj.svmax > 0 else con
+    return total, {"contrastive": float(con.detach()), "svmax": float(sv.detach()), "loss": float(total.detach())}

@@ -30,7 +30,7 @@ from embreg.data import AugmentSpec, IndexStream, Normalizer, Split, augment, ba
 from embreg.distributed import DistInfo, average_gradients, mean_over_ranks
 from embreg.io import atomic_write
 from embreg.models import EmbeddingModel
-from embreg.objective import ssl_loss
+from embreg.objective import metric_loss, ssl_loss
 from embreg.optim import build_optimizer, cosine_schedule, set_lr
 from embreg.preemption import Every, SignalCheckpoint
 
@@ -91,6 +91,13 @@ def train_step(
         loss = F.cross_entropy(logits.float(), y)
         value = float(loss.detach())
         return loss, {"loss": value, "cross_entropy": value}
+    if obj.kind == "metric":  # one labelled view; the embedding is the projector's output
+        v = augment(x, spec, norm, gen)
+        if dist.world_size > 1:
+            v, y = _rank_slice(v, dist), _rank_slice(y, dist)
+        with _autocast(cfg, x.device):
+            z, _ = model(v)
+        return metric_loss(z.float(), y, obj)
     v1, v2 = two_views(x, spec, norm, gen)
     if dist.world_size > 1:  # the same views as one process would make; this rank's slice
         v1, v2 = (_rank_slice(v, dist) for v in (v1, v2))

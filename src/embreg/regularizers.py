@@ -13,6 +13,8 @@ References
   (facebookresearch/vicreg, ``main_vicreg.py``).
 - SVMax: Taha, Hanson, Shrivastava, Davis, "SVMax: A Feature Embedding Regularizer",
   2021 (Sec. 3: mean singular value and its bounds).
+- Contrastive loss (the SVMax paper's metric-learning setting): Hadsell, Chopra, LeCun,
+  "Dimensionality Reduction by Learning an Invariant Mapping", CVPR 2006.
 """
 
 from __future__ import annotations
@@ -270,3 +272,25 @@ def svmax_loss(e: torch.Tensor, form: SVMaxForm = "score") -> torch.Tensor:
             raise ValueError(f"the SVMax exp form is undefined for k = min(b, d) = 1 (b={b}, d={d})")
         return torch.exp((upper - mean_singular_value(e)) / (upper - lower))
     raise ValueError(f"unknown SVMax loss form {form!r}; valid: {', '.join(SVMAX_FORMS)}")
+
+
+def contrastive(e: torch.Tensor, labels: torch.Tensor, margin: float = 0.5) -> torch.Tensor:
+    """Pairwise contrastive loss (Hadsell et al., 2006) on the l2-normalized rows of ``e``, over
+    every pair i < j of the batch: a same-class pair costs d_ij^2, a pair of different classes
+    max(0, margin - d_ij)^2, d the Euclidean distance between unit vectors (in [0, 2]). The two
+    kinds are averaged separately and added, so that the batch's class balance does not weigh
+    one against the other; a kind the batch has no pair of contributes 0. (b, d), (b,) -> ()"""
+    _check_2d(e, "e")
+    if labels.shape != (e.shape[0],):
+        raise ValueError(f"labels must have shape ({e.shape[0]},), got {tuple(labels.shape)}")
+    n = F.normalize(e, dim=1)
+    # squared distance between unit vectors: 2 - 2 cos (clamped: rounding can dip below 0)
+    d2 = (2 - 2 * n @ n.T).clamp_min(0)
+    i, j = torch.triu_indices(len(e), len(e), offset=1, device=e.device)
+    d2, same = d2[i, j], labels[i] == labels[j]
+    zero = e.sum() * 0  # keeps the graph (and the dtype) when a kind has no pair
+    pos = d2[same].mean() if same.any() else zero
+    # sqrt's gradient is infinite at 0: a negative pair at distance 0 is pushed by its clamp
+    d = d2[~same].clamp_min(1e-12).sqrt()
+    neg = F.relu(margin - d).pow(2).mean() if (~same).any() else zero
+    return pos + neg

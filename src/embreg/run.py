@@ -21,7 +21,7 @@ import yaml
 from embreg import checks
 from embreg.attempt import RunLock, finite, publish, work_dir
 from embreg.config import RunConfig
-from embreg.data import Split, load_split, load_unlabeled
+from embreg.data import Split, class_indices, class_split, load_split, load_unlabeled
 from embreg.distributed import DistInfo, barrier, init_from_env
 from embreg.evaluate import evaluate_model, evaluate_pixels
 from embreg.fingerprint import code_hash
@@ -120,7 +120,11 @@ def _attempt(cfg: RunConfig, rd: Path, fp: str, dist: DistInfo) -> dict[str, Any
 
 def pretraining_split(cfg: RunConfig, train: Split) -> Split:
     """What the arm pretrains on: the labelled train split, plus the unlabeled images (label -1)
-    for self-supervised arms when ``dataset.pretrain_unlabeled``."""
+    for self-supervised arms when ``dataset.pretrain_unlabeled``; for the metric-learning arms,
+    the train images of the first half of the classes only (``class_split``)."""
+    if cfg.objective.kind == "metric":
+        seen, _ = class_split(cfg.dataset.num_classes)
+        return train.subset(class_indices(train.labels, seen))
     if not (cfg.dataset.pretrain_unlabeled and cfg.objective.kind == "ssl"):
         return train
     extra = load_unlabeled(cfg.paths.data, cfg.dataset.name)

@@ -6,7 +6,7 @@ from embreg.data.augment import AugmentSpec, LazyBatch, Normalizer, augment, bat
 from embreg.data.datasets import DATASETS, DataUnavailableError, Split, load_split, load_unlabeled
 from embreg.data.imagefolder import LazyImages
 from embreg.data.sampling import IndexStream
-from embreg.data.subsets import balanced_subset, read_index_file, subset_name
+from embreg.data.subsets import balanced_subset, class_indices, class_split, read_index_file, subset_name
 
 __all__ = [
     "DATASETS",
@@ -20,6 +20,8 @@ __all__ = [
     "augment",
     "balanced_subset",
     "batch_images",
+    "class_indices",
+    "class_split",
     "load_split",
     "load_unlabeled",
     "read_index_file",

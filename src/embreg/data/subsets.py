@@ -1,4 +1,5 @@
-"""Seeded, class-balanced label subsets for semi-supervised evaluation, stored as index files."""
+"""Seeded, class-balanced label subsets for semi-supervised evaluation, stored as index files;
+the class-disjoint split of the metric-learning arms."""
 
 from __future__ import annotations
 
@@ -38,3 +39,18 @@ def read_index_file(path: Path) -> torch.Tensor:
     if not path.is_file():
         raise FileNotFoundError(f"label subset {path} is missing; run `dvc repro prepare`")
     return torch.tensor([int(line) for line in path.read_text().split()], dtype=torch.long)
+
+
+def class_split(num_classes: int) -> tuple[list[int], list[int]]:
+    """The metric-learning protocol of CUB-200 and CARS196: train on the first half of the classes
+    (by label index), retrieve on the other half, never seen in training. Deterministic.
+    10 -> ([0..4], [5..9]); an odd count gives the extra class to training."""
+    if num_classes < 2:
+        raise ValueError(f"a class-disjoint split needs at least 2 classes, got {num_classes}")
+    cut = (num_classes + 1) // 2
+    return list(range(cut)), list(range(cut, num_classes))
+
+
+def class_indices(labels: torch.Tensor, classes: list[int]) -> torch.Tensor:
+    """Indices (sorted) of the samples whose label is in ``classes``. (n,) -> (m,)"""
+    return torch.isin(labels, torch.tensor(classes, dtype=labels.dtype)).nonzero().flatten()
