@@ -162,6 +162,9 @@ class ProfileConfig:
     # the references in every ablation table: raw pixels (needs the images in memory, so the
     # ImageNet profiles, which stream them, leave it out), random init, supervised
     baselines: list[str] = field(default_factory=lambda: ["pixels", "random_init", "supervised"])
+    # the ablations (conf/ablation) this profile's sweep runs: the three ablations by default; the
+    # robustness studies (learning rate, batch size) have a profile of their own
+    ablations: list[str] = field(default_factory=lambda: ["anticollapse", "covariance", "layers"])
 
 
 @dataclass
@@ -188,7 +191,10 @@ class AblationConfig:
     question: str = ""
     arms: list[str] = field(default_factory=list)
     baselines: list[str] = field(default_factory=lambda: ["pixels", "random_init", "supervised"])
-    # each sweep: {arm: <arm>, key: <dotted config key>, values: [...]}
+    # each sweep: {arm: <arm>, key: <dotted config key>, values: [...]}, optionally with
+    # `paired: {<other key>: [one value per point]}` set along (e.g. the steps that keep the
+    # images seen equal across batch sizes); values may scale the profile's own
+    # (${times:${optim.lr},3}; embreg.params.register_resolvers)
     sweeps: list[dict[str, Any]] = field(default_factory=list)
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     sweep_seeds: list[int] = field(default_factory=lambda: [0, 1])
@@ -209,6 +215,11 @@ class AblationConfig:
         return [*self.arms, *self.baselines, *points]
 
     def validate(self) -> None:
+        for sw in self.sweeps:
+            for key, vals in (sw.get("paired") or {}).items():
+                if len(vals) != len(sw.get("values", [])):
+                    raise ValueError(f"ablation {self.name}: sweep of {sw.get('key')} pairs {key} with "
+                                     f"{len(vals)} values for its {len(sw.get('values', []))} points")
         valid = self.run_ids()
         for pair in self.comparisons:
             if len(pair) != 2:

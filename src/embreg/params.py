@@ -126,6 +126,28 @@ def check_option(group: str, name: str) -> str:
     return check_choice(group, name, group_options(group))
 
 
+def _times(value: Any, factor: Any) -> float:
+    """``${times:${optim.lr},3}``: a sweep value as a multiple of the profile's own."""
+    return float(value) * float(factor)
+
+
+def _equal_images(steps_per_epoch: Any, batch: Any, new_batch: Any) -> int | None:
+    """``${equal_images:${pretrain.steps_per_epoch},${optim.batch_size},256}``: the steps per epoch
+    that keep the images seen (steps x batch) at the profile's when the batch becomes ``new_batch``
+    (rounded, at least 1). An epoch-based profile (null) already sees every image once per epoch."""
+    if steps_per_epoch is None:
+        return None
+    return max(1, round(int(steps_per_epoch) * int(batch) / int(new_batch)))
+
+
+def register_resolvers() -> None:
+    """The interpolations the ablation files may use to scale a sweep with the profile."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("times", _times, replace=True)
+    OmegaConf.register_new_resolver("equal_images", _equal_images, replace=True)
+
+
 def compose_run(profile: str, overrides: list[str] | None = None):
     """Compose conf/ for ``profile`` with extra overrides; returns a typed RunConfig.
 
@@ -141,6 +163,7 @@ def compose_run(profile: str, overrides: list[str] | None = None):
         if (conf_dir() / key).is_dir() and value not in ("null", ""):
             check_option(key, value)
     register_configs()
+    register_resolvers()
     try:
         with initialize_config_dir(str(conf_dir()), version_base="1.3"):
             cfg = compose("config", overrides=[f"profile={profile}", *(overrides or [])])

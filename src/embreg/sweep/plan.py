@@ -16,6 +16,7 @@ from embreg.config import AblationConfig, RunConfig
 from embreg.fingerprint import code_hash
 from embreg.io import write_json
 from embreg.params import PipelineParams, compose_run, group_options
+from embreg.registry import check_choice
 from embreg.rundir import Observed, State, observe, run_dir, run_id
 
 
@@ -49,7 +50,11 @@ class Plan:
 
 
 def load_ablations(params: PipelineParams, names: list[str] | None = None) -> dict[str, AblationConfig]:
-    names = names or group_options("ablation")
+    """The named ablations, else the profile's (``profile.ablations``), composed for the profile."""
+    if not names:
+        names = compose_run(params.profile, list(params.overrides)).profile.ablations
+        for name in names:
+            check_choice("ablation", name, group_options("ablation"))
     out = {}
     for name in names:
         cfg = compose_run(params.profile, [*params.overrides, f"ablation={name}"])
@@ -62,8 +67,11 @@ def ablation_jobs(abl: AblationConfig) -> list[Job]:
     """One ablation's runs: its arms and baselines x seeds, then its sweep points x sweep seeds."""
     jobs = [Job(arm, s) for arm in [*abl.arms, *abl.baselines] for s in abl.seeds]
     extra = tuple(abl.sweep_overrides)
-    jobs += [Job(sw["arm"], s, sw["key"], v, extra) for sw in abl.sweeps for v in sw["values"]
-             for s in abl.sweep_seeds]
+    for sw in abl.sweeps:
+        paired = sw.get("paired") or {}
+        for i, v in enumerate(sw["values"]):
+            along = tuple(f"{k}={'null' if vals[i] is None else vals[i]}" for k, vals in paired.items())
+            jobs += [Job(sw["arm"], s, sw["key"], v, extra + along) for s in abl.sweep_seeds]
     return list(dict.fromkeys(jobs))
 
 
