@@ -8,7 +8,8 @@ from embreg.sweep.plan import Job, make_plan, pending
 
 
 def _params(**kw) -> PipelineParams:
-    return PipelineParams(profile="default", data_dir="data", local=LocalParams(max_parallel=2, threads_per_job=1), **kw)
+    return PipelineParams(**{"profile": "default", "data_dir": "data",
+                             "local": LocalParams(max_parallel=2, threads_per_job=1), **kw})
 
 
 def test_plan_covers_every_ablation_once():
@@ -66,3 +67,39 @@ def test_nothing_pending_once_every_run_finished(smoke_cfg):
     assert job in pending(plan)
     run_one(plan.configs[job])
     assert job not in pending(plan) and len(pending(plan)) == len(plan.jobs) - 1
+
+
+def test_the_robustness_profile_runs_its_own_studies_scaled_to_the_profile():
+    """profile.ablations picks the studies; the learning-rate points are multiples of the
+    profile's own rate (${times:...}); the batch-size points keep steps x batch equal (paired)."""
+    plan = make_plan(_params(profile="robustness"))
+    assert list(plan.ablations) == ["lr_robustness", "batch_size"]
+    ids = plan.run_ids()
+    base_lr = make_plan(_params()).configs[Job("svmax", 0)].optim.lr
+    lrs = sorted({plan.configs[j].optim.lr for j in plan.jobs if j.arm == "svmax" and j.sweep_key == "optim.lr"})
+    assert lrs == [3 * base_lr, 10 * base_lr, 30 * base_lr]
+    assert f"svmax@lr={3 * base_lr}" in set(ids.values())
+    batch = {(plan.configs[j].optim.batch_size, plan.configs[j].pretrain.steps_per_epoch)
+             for j in plan.jobs if j.arm == "svmax" and j.sweep_key == "optim.batch_size"}
+    assert batch == {(32, 30), (64, 15), (128, 8), (256, 4), (512, 2)}  # 64 x 15 images per epoch, rounded
+    assert {tuple(plan.configs[j].backbone.projector) for j in plan.jobs if j.sweep_key == "optim.batch_size"} == {
+        (1024, 1024, 128)}
+    # the default profile's sweep is untouched by the studies
+    assert list(make_plan(_params()).ablations) == ["anticollapse", "covariance", "layers"]
+
+
+def test_a_paired_key_must_give_one_value_per_point():
+    import pytest
+
+    from embreg.config import AblationConfig
+
+    with pytest.raises(ValueError, match="pairs pretrain.steps_per_epoch with 1 values for its 2 points"):
+        AblationConfig(name="x", sweeps=[{"arm": "svmax", "key": "optim.batch_size", "values": [32, 64],
+                                          "paired": {"pretrain.steps_per_epoch": [10]}}])
+
+
+def test_equal_images_keeps_an_epoch_based_profile_epoch_based():
+    from embreg.params import _equal_images
+
+    assert _equal_images(None, 256, 1024) is None
+    assert _equal_images(15, 64, 512) == 2 and _equal_images(15, 64, 4096) == 1
