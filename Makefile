@@ -8,7 +8,7 @@ MIRROR := /usr/share/datasets/fashion-mnist
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install data-source repro test lint slurm-up slurm-down bench
+.PHONY: install data-source repro robustness test lint slurm-up slurm-down bench
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -26,9 +26,14 @@ data-source:
 	  { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } || \
 	  echo "note: could not install dataset-fashion-mnist; prepare will try to download"; fi
 
-# FORCE=1 retrains every run (dvc repro --force alone keeps finished runs: they are persisted)
+# The default profile's pipeline (prepare, sweep, analyze). FORCE=1 retrains every run (dvc repro
+# --force alone keeps finished runs: they are persisted)
 repro: install data-source
-	$(if $(FORCE),EMBREG_RETRAIN=1 dvc repro --force,dvc repro)
+	$(if $(FORCE),EMBREG_RETRAIN=1 dvc repro --force analyze,dvc repro analyze)
+
+# The robustness studies (learning rate, batch size): conf/profile/robustness.yaml -> results/robustness
+robustness: install data-source
+	$(if $(FORCE),EMBREG_RETRAIN=1 dvc repro --force robustness_analyze,dvc repro robustness_analyze)
 
 # The `slurm` tests run against the project's single-node SLURM cluster, started here when
 # this user can (root: it installs Debian's packages and starts the daemons).

@@ -4,6 +4,7 @@ installed package came from."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
@@ -13,7 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from embreg.data import DataUnavailableError
-from embreg.registry import UnknownNameError
+from embreg.params import PipelineParams, group_options, load_params
+from embreg.registry import UnknownNameError, check_choice
 
 os.environ["EMBREG_CONF"] = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -34,6 +36,19 @@ def fail(main: Callable[[], int | None]) -> int:
         print(f"interrupted ({exc or 'Ctrl-C'}): every job this stage started has been stopped; "
               "`dvc repro` resumes where it stopped", file=sys.stderr)
         return 130
+
+
+def stage_params(argv: list[str] | None = None) -> PipelineParams:
+    """params.yaml; ``--profile NAME`` (a stage of another profile's pipeline, e.g. the robustness
+    studies' stages in dvc.yaml) replaces its ``profile``."""
+    argv = sys.argv[1:] if argv is None else argv
+    params = load_params()
+    if argv[:1] == ["--profile"] and len(argv) == 2:
+        check_choice("profile", argv[1], group_options("profile"))
+        return dataclasses.replace(params, profile=argv[1])
+    if argv:
+        raise ValueError(f"usage: {Path(sys.argv[0]).name} [--profile NAME]; got {' '.join(argv)}")
+    return params
 
 
 def _stop(signum: int, frame: object) -> None:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from _common import fail
+from _common import fail, stage_params
 from embreg.analysis.report import analyze
-from embreg.params import compose_run, load_params
+from embreg.params import compose_run
 
 
 def main() -> None:
-    params = load_params()
+    params = stage_params()
     results = Path(compose_run(params.profile, params.overrides).paths.results)
     analyze(results)
     print(f"wrote {results}/REPORT.md; `python pipelines/readme.py --profile {params.profile}` updates README.md")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from _common import fail, stop_on_signals
-from embreg.params import LAUNCHERS, load_params
+from _common import fail, stage_params, stop_on_signals
+from embreg.params import LAUNCHERS
 from embreg.registry import check_choice
 from embreg.sweep.launch import launch
 from embreg.sweep.plan import failed_runs, make_plan, validate_plan, write_manifest
@@ -22,7 +22,7 @@ from embreg.sweep.plan import failed_runs, make_plan, validate_plan, write_manif
 
 def main() -> int:
     stop_on_signals()  # TERM (e.g. from DVC) stops the jobs too, like Ctrl-C
-    params = load_params()
+    params = stage_params()
     check_choice("launcher", params.launcher, LAUNCHERS)
     plan = make_plan(params)
     validate_plan(plan)  # every run, before anything is deleted or launched

@@ -195,7 +195,7 @@ def repro_copy(dst: Path, mirror: Path, **params) -> Path:
     run_cmd(["git", "init", "-q"], dst)
     run_cmd([*git, "add", "-A"], dst)
     run_cmd([*git, "commit", "-qm", "copy"], dst)
-    run_cmd(["dvc", "repro"], dst)
+    run_cmd(["dvc", "repro", "analyze"], dst)
     return dst
 
 

@@ -1,8 +1,7 @@
 """Complete validation of a run's config, before anything is written or deleted.
 
-``problems`` lists every violation at once, one line each naming the key, its value and what is
-allowed (names, ranges, finite numbers, cross-field rules); ``data_problems`` the batch vs the
-training split. ``validate`` raises them as one ConfigError; the sweep checks its whole plan.
+``problems`` lists every violation at once, one line each (key, value, what is allowed); ``data_problems``
+the batch vs the training split. ``validate`` raises them as one ConfigError; the sweep checks its plan.
 """
 
 from __future__ import annotations
@@ -111,7 +110,7 @@ def problems(cfg: RunConfig) -> list[str]:
     c.number("optim.batch_size", opt.batch_size, 2, integer=True)
     c.number("optim.warmup_epochs", opt.warmup_epochs, 0, integer=True)
     c.number("optim.lars_eta", opt.lars_eta, 0, lo_open=True)
-    if obj.kind in TRAINED_KINDS:  # random init and pixels train nothing on purpose; these must
+    if obj.kind in TRAINED_KINDS:  # random init and pixels train nothing on purpose
         c.number("pretrain.epochs", cfg.pretrain.epochs, 1, integer=True)
     if cfg.pretrain.steps_per_epoch is not None:
         c.number("pretrain.steps_per_epoch", cfg.pretrain.steps_per_epoch, 1, integer=True)

@@ -1,9 +1,7 @@
 """Typed configuration: the dataclass schemas that the YAML in conf/ is validated against.
 
-Only entry points (pipelines/, ``embreg.train``) see Hydra's DictConfig; they convert it with
-``to_run_config`` and everything below takes these dataclasses. A leaf: names that a registry
-owns (datasets, backbones, SVMax loss forms) are checked by that registry when a run starts
-(``embreg.run.validate``), not listed here.
+Only entry points (pipelines/, ``embreg.train``) see Hydra's DictConfig (``to_run_config``). Names a
+registry owns (datasets, backbones, SVMax forms) are checked when a run starts (``embreg.run.validate``).
 """
 
 from __future__ import annotations
@@ -20,6 +18,7 @@ OBJECTIVE_KINDS = ("ssl", "supervised", "untrained", "pixels", "metric")
 TRAINED_KINDS = ("ssl", "supervised", "metric")  # the kinds that pretrain a network
 SPACES = ("raw", "l2")
 LAYERS = ("last", "all")
+STUDIES = ("", "learning_rate", "batch_size")
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -35,15 +34,13 @@ class DatasetConfig:
     # label fractions for semi-supervised evaluation; prepare writes one index file each
     subset_fractions: list[float] = field(default_factory=lambda: [0.01, 0.1])
     subset_seed: int = 0
-    # pretrain the self-supervised arms on train + the dataset's unlabeled split (STL-10's 100k);
-    # the supervised baseline and the evaluations use the labelled train split only
+    # pretrain the SSL arms on train + the unlabeled split (STL-10's 100k); all else: labelled train only
     pretrain_unlabeled: bool = False
     # pretraining augmentation (embreg.data.augment.AugmentSpec): random-resized-crop scale range
     crop_scale: list[float] = field(default_factory=lambda: [0.25, 1.0])
     flip: bool = True  # garments are left/right symmetric; digits would not be
-    # colour jitter (probability 0.8, brightness and contrast 0.4, as in VICReg) plus saturation
-    # and hue, then grayscale, blur and solarization; blur and solarization are per view (the
-    # two views differ, as in BYOL / VICReg). 0 turns a transform off and draws nothing.
+    # colour jitter (p 0.8, brightness/contrast 0.4 as in VICReg) + saturation, hue; grayscale; blur and
+    # solarization per view (the views differ, as in BYOL / VICReg). 0 turns one off and draws nothing.
     saturation: float = 0.0
     hue: float = 0.0
     grayscale_prob: float = 0.0
@@ -66,9 +63,8 @@ class ObjectiveConfig:
 
     name: str = "vicreg"
     # ssl | supervised (cross-entropy, a reference) | untrained (random init, evaluated as is) |
-    # pixels (no network: the probe and kNN on the standardized raw pixels, a reference) |
-    # metric (supervised metric learning, the SVMax paper's setting: a contrastive loss on the
-    # first half of the classes, recall@k on the other half; ``margin`` and ``svmax`` apply)
+    # pixels (no network: probe and kNN on the standardized raw pixels, a reference) | metric (a
+    # contrastive loss on the first half of the classes, recall@k on the other half: the SVMax paper's)
     kind: str = "ssl"
     space: str = "raw"  # raw: VICReg's own space; l2: rows l2-normalized first (SVMax's space)
     invariance: float = 25.0
@@ -113,13 +109,11 @@ class OptimConfig:
 @dataclass
 class PretrainConfig:
     epochs: int = 10
-    # None: an epoch is one pass over the training set; an int: a fixed number of steps
-    # drawn from a seeded permutation of the whole set (small profiles keep all 60k images
-    # in play but checkpoint and log every `steps_per_epoch` steps)
+    # None: an epoch is one pass over the training set; an int: that many steps drawn from a seeded
+    # permutation of the whole set (small profiles see all 60k images, checkpoint every epoch)
     steps_per_epoch: int | None = None
-    # the supervised reference's epochs; None: the same as the self-supervised arms. A short
-    # profile trains it longer, so that it is an upper reference (it must beat the raw-pixel
-    # probe) rather than a second under-trained network
+    # the supervised reference's epochs (None: the arms'); a short profile trains it longer, so that
+    # it is an upper reference (above the raw-pixel probe), not another under-trained network
     supervised_epochs: int | None = None
     # fp32, or bf16: the network's forward under bf16 autocast (GPU profiles); the regularizers
     # always see float32 embeddings (SVMax's eigenproblem runs in float64)
@@ -159,11 +153,9 @@ class ProfileConfig:
     # seeds of the coefficient-sensitivity points (a profile short on compute may use fewer)
     sweep_seeds: list[int] = field(default_factory=lambda: [0, 1])
     device: str = "cpu"
-    # the references in every ablation table: raw pixels (needs the images in memory, so the
-    # ImageNet profiles, which stream them, leave it out), random init, supervised
+    # the references in every table: raw pixels (the streaming ImageNet profiles leave it out), random init, supervised
     baselines: list[str] = field(default_factory=lambda: ["pixels", "random_init", "supervised"])
-    # the ablations (conf/ablation) this profile's sweep runs: the three ablations by default; the
-    # robustness studies (learning rate, batch size) have a profile of their own
+    # the ablations (conf/ablation) the sweep runs; the robustness studies have a profile of their own
     ablations: list[str] = field(default_factory=lambda: ["anticollapse", "covariance", "layers"])
 
 
@@ -184,25 +176,24 @@ class RuntimeConfig:
 
 @dataclass
 class AblationConfig:
-    """One ablation: the arms it compares, their seeds, and coefficient-sensitivity sweeps."""
+    """One ablation: the arms it compares, their seeds, and coefficient-sensitivity sweeps; or one
+    robustness study (``study``: learning_rate | batch_size), whose analysis draws and tests curves."""
 
     name: str = ""
     title: str = ""
     question: str = ""
     arms: list[str] = field(default_factory=list)
     baselines: list[str] = field(default_factory=lambda: ["pixels", "random_init", "supervised"])
-    # each sweep: {arm: <arm>, key: <dotted config key>, values: [...]}, optionally with
-    # `paired: {<other key>: [one value per point]}` set along (e.g. the steps that keep the
-    # images seen equal across batch sizes); values may scale the profile's own
-    # (${times:${optim.lr},3}; embreg.params.register_resolvers)
+    # each sweep: {arm, key: <dotted config key>, values: [...]}, optionally `paired: {<key>: [one
+    # value per point]}` (e.g. steps at equal images); values may scale the profile's: ${times:..}
     sweeps: list[dict[str, Any]] = field(default_factory=list)
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     sweep_seeds: list[int] = field(default_factory=lambda: [0, 1])
     # sensitivity curves read linear top-1 and collapse metrics: skip fine-tuning there
     sweep_overrides: list[str] = field(default_factory=lambda: ["eval.semi_supervised=false"])
-    # [arm, reference] pairs of run ids the analysis tests for a difference; a sweep point's id is
-    # <arm>@<last part of its key>=<value>, as embreg.run.run_id names it
+    # [arm, reference] run-id pairs the analysis tests (a sweep point's id: <arm>@<key's last part>=<value>)
     comparisons: list[list[str]] = field(default_factory=list)
+    study: str = ""  # "" (an ablation) | learning_rate | batch_size: embreg.analysis.studies
 
     def __post_init__(self) -> None:
         # composing an ablation (embreg.params.compose_run) builds this object: fail there
@@ -215,6 +206,7 @@ class AblationConfig:
         return [*self.arms, *self.baselines, *points]
 
     def validate(self) -> None:
+        check_choice(f"ablation {self.name} study", self.study, STUDIES)
         for sw in self.sweeps:
             for key, vals in (sw.get("paired") or {}).items():
                 if len(vals) != len(sw.get("values", [])):

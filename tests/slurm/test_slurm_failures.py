@@ -97,7 +97,7 @@ def broken_sweep(tmp_path_factory, fmnist_mirror):
 
     out, err = repo / "repro.out", repo / "repro.err"
     with open(out, "w") as fo, open(err, "w") as fe:
-        proc = subprocess.Popen(["dvc", "repro"], cwd=repo, env=tool_env(), stdout=fo, stderr=fe)
+        proc = subprocess.Popen(["dvc", "repro", "analyze"], cwd=repo, env=tool_env(), stdout=fo, stderr=fe)
     found: list[tuple[str, str]] = []
     try:
         wait_for(lambda: found.extend(filter(None, [_running_job(repo)])) or found, 600, "a running job")
@@ -165,7 +165,7 @@ def test_repro_again_submits_only_the_runs_that_did_not_finish(broken_sweep):
     before = {k: st for k, st in _status(repo).items()}
     mtimes = {k: (repo / "results/smoke/runs" / k / "metrics.json").stat().st_mtime_ns
               for k, st in before.items() if st["state"] == "done"}
-    res = run_cmd(["dvc", "repro"], repo)
+    res = run_cmd(["dvc", "repro", "analyze"], repo)
     todo = sum(st["state"] != "done" for st in before.values())
     assert f"{todo} of {len(before)} runs to train" in res.stdout
     after = _status(repo)
