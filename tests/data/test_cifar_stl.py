@@ -142,10 +142,13 @@ def test_params_dataset_must_match_the_profile():
 
 
 def test_fashion_mnist_card_keeps_its_fields(tmp_path, fmnist_mirror):
-    """No `verified` flag for Fashion-MNIST: its card (a committed DVC out) stays byte-identical."""
+    """No `verified` flag for Fashion-MNIST; the class-disjoint split of the metric-learning arms is recorded."""
     card = prepare(tmp_path / "data", compose_run("smoke").dataset, str(fmnist_mirror))
-    assert list(card) == ["dataset", "image_shape", "splits", "subsets", "raw_md5"]
-    assert "Raw files (decompressed idx, md5):" in card_markdown(card)
+    assert list(card) == ["dataset", "image_shape", "splits", "subsets", "raw_md5", "class_split"]
+    assert card["class_split"]["train"] == [0, 1, 2, 3, 4] and card["class_split"]["retrieval"] == [5, 6, 7, 8, 9]
+    md = card_markdown(card)
+    assert "Raw files (decompressed idx, md5):" in md
+    assert "train on classes 0, 1, 2, 3, 4; recall@k on the test images of classes 5, 6, 7, 8, 9" in md
 
 
 # smoke-sized overrides for the paper profiles: a few steps on the CPU, tiny evaluation

@@ -8,7 +8,7 @@ from typing import Any
 
 from embreg.config import DatasetConfig
 from embreg.data.datasets import DATASETS, DataUnavailableError, fetch_atomically, md5
-from embreg.data.subsets import balanced_subset, subset_name, write_index_file
+from embreg.data.subsets import CLASS_SPLIT_RULE, balanced_subset, class_split, subset_name, write_index_file
 
 
 def _counts(labels) -> dict[str, int]:
@@ -53,6 +53,8 @@ def prepare(data_dir: str | Path, cfg: DatasetConfig, mirror: str | None) -> dic
             "subsets": subsets,
             "raw_md5": {f: md5(root / f) for f in spec.raw_files},
         })
+        seen, held = class_split(cfg.num_classes)
+        card["class_split"] = {"train": seen, "retrieval": held, "rule": CLASS_SPLIT_RULE}
         if spec.verify is not None:  # do the raw files match torchvision's published md5s?
             card["verified"] = spec.verify(root)
         if spec.source is not None:  # images referenced in the user's folder, not copied
@@ -89,6 +91,11 @@ def card_markdown(card: dict[str, Any]) -> str:
     seeded = all("seed" in s for s in card["subsets"].values())
     lines += ["", "Label subsets (class-balanced, seeded):" if seeded else "Label subsets (published lists):", ""]
     lines += [f"- `{n}`: {s['size']} images, {_subset_origin(s)}, md5 `{s['md5']}`" for n, s in card["subsets"].items()]
+    if "class_split" in card:
+        cs = card["class_split"]
+        lines += ["", f"Class-disjoint split (metric learning, {cs['rule']}): train on classes "
+                  f"{', '.join(map(str, cs['train']))}; recall@k on the test images of classes "
+                  f"{', '.join(map(str, cs['retrieval']))}."]
     if "verified" in card:
         match = "match" if card["verified"] else "do NOT match (not the official release)"
         lines += ["", f"Raw files (md5; they {match} torchvision's published checksums):", ""]

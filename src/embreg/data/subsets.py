@@ -41,6 +41,9 @@ def read_index_file(path: Path) -> torch.Tensor:
     return torch.tensor([int(line) for line in path.read_text().split()], dtype=torch.long)
 
 
+CLASS_SPLIT_RULE = "first half of the label indices for training, the rest held out"
+
+
 def class_split(num_classes: int) -> tuple[list[int], list[int]]:
     """The metric-learning protocol of CUB-200 and CARS196: train on the first half of the classes
     (by label index), retrieve on the other half, never seen in training. Deterministic.
