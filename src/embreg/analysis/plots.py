@@ -120,7 +120,8 @@ def _sweep_panel(ax: plt.Axes, data: pd.DataFrame, metric: str, missing: list[fl
 
 def sensitivity_plot(results: Results, path: Path) -> Path:
     """One column per sweep: linear top-1 (top row) and projector RankMe (bottom) vs coefficient."""
-    sweeps = [s for abl in results.manifest.get("ablations", {}).values() for s in abl.get("sweeps", [])]
+    sweeps = [s for abl in results.manifest.get("ablations", {}).values() if not abl.get("study")
+              for s in abl.get("sweeps", [])]  # a study's sweeps are its curves (embreg.analysis.study_plots)
     sweeps = list({(s["arm"], s["key"]): s for s in sweeps}.values())  # one panel per (arm, key)
     if not sweeps:
         return _empty(path, "Coefficient sensitivity", "no sweeps in the manifest")
@@ -265,15 +266,22 @@ def collapse_plot(results: Results, name: str, methods: list[str], path: Path) -
 
 def make_plots(an: Analysis, plots_dir: Path) -> tuple[dict[str, Path], dict[str, str]]:
     """Every figure; returns (name -> path, name -> error) so one broken plot never stops the report."""
+    from embreg.analysis.studies import LEARNING_RATE
+    from embreg.analysis.study_plots import batch_plot, lr_plot  # they draw with this module's helpers
     results = an.results
     jobs: dict[str, Callable[[Path], Path]] = {}
     for name, runs in an.runs.items():
         jobs[f"{name}_bars"] = lambda p, n=name, r=runs: bars_plot(results, n, r, p)
         jobs[f"{name}_collapse"] = lambda p, n=name, r=runs: collapse_plot(results, n, r, p)
-    jobs.update({"sensitivity": lambda p: sensitivity_plot(results, p),
-                 "loss_terms": lambda p: loss_terms_plot(results, p),
-                 "layer_collapse_heatmap": lambda p: layer_heatmap(results, p),
-                 "spectra": lambda p: spectra_plot(results, p)})
+    if an.runs or not an.studies:  # a profile of robustness studies alone has its own figures only
+        jobs.update({"sensitivity": lambda p: sensitivity_plot(results, p),
+                     "loss_terms": lambda p: loss_terms_plot(results, p),
+                     "layer_collapse_heatmap": lambda p: layer_heatmap(results, p),
+                     "spectra": lambda p: spectra_plot(results, p)})
+    for name, study in an.studies.items():
+        title = results.manifest["ablations"][name].get("title", name)
+        draw = lr_plot if study.kind == LEARNING_RATE else batch_plot
+        jobs[name] = lambda p, d=draw, s=study, t=title: d(results, s, p, t)
     paths, errors = {}, {}
     for name, draw in jobs.items():
         try:

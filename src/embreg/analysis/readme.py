@@ -13,10 +13,11 @@ import sys
 from pathlib import Path
 
 from embreg.analysis.findings import findings, method_note, resolution_line
+from embreg.analysis.study_report import spearman_lines, verdict_lines
 from embreg.analysis.summary import Analysis, resolution
 from embreg.analysis.tables import main_table
 
-BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"  # the default profile's (markers())
 BLOCK_FILE = "README_results.md"
 
 
@@ -29,27 +30,40 @@ def readme_block(an: Analysis, results_path: str) -> str:
            "What the numbers show (generated from the statistics). " + method_note(), ""]
     for name, abl in manifest.get("ablations", {}).items():
         out.append(f"**{abl.get('title', name)}**")
-        out += [f"- {line}" for line in findings(an.accuracy.get(name, []))]
-        out += [f"- collapse: {line}" for line in findings(an.collapse.get(name, []), list_rest=False)]
+        if name in an.studies:
+            study = an.studies[name]
+            out += [f"- {line}" for line in [*verdict_lines(an.results, study), *spearman_lines(study)]]
+        else:
+            out += [f"- {line}" for line in findings(an.accuracy.get(name, []))]
+            out += [f"- collapse: {line}" for line in findings(an.collapse.get(name, []), list_rest=False)]
         out.append("")
-    out.append(resolution_line(an, resolution(an)))
-    return "\n".join(out) + "\n"
+    if an.runs or not an.studies:
+        out.append(resolution_line(an, resolution(an)))
+    return "\n".join(out).rstrip("\n") + "\n"
 
 
-def splice(readme: str, block: str) -> str:
-    """``readme`` with the text between the markers replaced by ``block``."""
-    start, end = readme.find(BEGIN), readme.find(END)
+def markers(profile: str = "default") -> tuple[str, str]:
+    """The README markers of a profile's block: ``results`` for the default, ``results:<profile>`` else."""
+    tag = "results" if profile == "default" else f"results:{profile}"
+    return f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
+
+
+def splice(readme: str, block: str, profile: str = "default") -> str:
+    """``readme`` with the text between the profile's markers replaced by ``block``."""
+    begin, end_mark = markers(profile)
+    start, end = readme.find(begin), readme.find(end_mark)
     if start < 0 or end < start:
-        raise ValueError(f"README has no {BEGIN} ... {END} pair: add both markers around the results section")
-    return readme[: start + len(BEGIN)] + "\n" + block.rstrip("\n") + "\n" + readme[end:]
+        raise ValueError(f"README has no {begin} ... {end_mark} pair: add both markers around the results section")
+    return readme[: start + len(begin)] + "\n" + block.rstrip("\n") + "\n" + readme[end:]
 
 
-def block_in(readme: str) -> str:
-    """The text between the markers (without the newlines next to them)."""
-    start, end = readme.find(BEGIN), readme.find(END)
+def block_in(readme: str, profile: str = "default") -> str:
+    """The text between the profile's markers (without the newlines next to them)."""
+    begin, end_mark = markers(profile)
+    start, end = readme.find(begin), readme.find(end_mark)
     if start < 0 or end < start:
-        raise ValueError(f"README has no {BEGIN} ... {END} pair")
-    return readme[start + len(BEGIN): end].strip("\n") + "\n"
+        raise ValueError(f"README has no {begin} ... {end_mark} pair")
+    return readme[start + len(begin): end].strip("\n") + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {block} not found: run the analysis first (dvc repro, or python pipelines/analyze.py)",
               file=sys.stderr)
         return 1
-    args.readme.write_text(splice(args.readme.read_text(), block.read_text()))
+    args.readme.write_text(splice(args.readme.read_text(), block.read_text(), args.profile))
     print(f"README.md: results block from {block}")
     return 0
 

@@ -60,7 +60,7 @@ def by_design(results: Results, run_id: str, metric: str) -> str | None:
             return f"`{run_id}`: {FINETUNE_OFF}"
     if (metric in COST_KEYS or metric == "pretrain_seconds") and (pixels or untrained):
         return f"`{run_id}`: {NO_PRETRAIN_COST}"
-    if pixels and metric.endswith(COLLAPSE_SUFFIXES):
+    if pixels and (metric.endswith(COLLAPSE_SUFFIXES) or metric.startswith("backbone_")):
         return f"`{run_id}`: {PIXELS_NO_NETWORK}"
     return None
 

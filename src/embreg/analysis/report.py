@@ -20,6 +20,8 @@ from embreg.analysis.collapse import collapse_table, regime_table
 from embreg.analysis.findings import findings, method_note, resolution_line
 from embreg.analysis.plots import make_plots
 from embreg.analysis.readme import BLOCK_FILE, readme_block
+from embreg.analysis.study_report import HOW_TO_READ as STUDY_HOW_TO_READ
+from embreg.analysis.study_report import study_section, study_tables
 from embreg.analysis.summary import Analysis, build, resolution, summarize
 from embreg.analysis.tables import ablation_table, cost_table, main_table, sensitivity_table, tests_table
 
@@ -84,6 +86,8 @@ def build_tables(an: Analysis) -> list[Table]:
                 tests_table(f"{name}_tests", f"{title}: Welch tests, Holm-corrected", an.accuracy[name]),
                 collapse_table(res, name, an.runs[name], an.collapse[name]),
                 tests_table(f"{name}_collapse_tests", f"{title}: collapse tests, Holm-corrected", an.collapse[name])]
+    for name, study in an.studies.items():
+        out += study_tables(res, study, res.manifest["ablations"][name].get("title", name))
     return [*out, main_table(res), regime_table(res, an.all_runs()), cost_table(res), sensitivity_table(res)]
 
 
@@ -124,9 +128,11 @@ def _bullets(lines: list[str]) -> list[str]:
 def render_report(an: Analysis, tables: dict[str, Table], plots: dict[str, Path], errors: dict[str, str]) -> str:
     """The whole REPORT.md text."""
     man = an.results.manifest
-    out = [f"# Embedding-regularizer ablations — profile `{man.get('profile', 'unknown')}`", "",
-           "## How to read this report", "", HOW_TO_READ, "", method_note(), "",
-           resolution_line(an, resolution(an)), ""]
+    kind = "robustness studies" if an.studies and not an.runs else "ablations"
+    out = [f"# Embedding-regularizer {kind} — profile `{man.get('profile', 'unknown')}`", "",
+           "## How to read this report", "", STUDY_HOW_TO_READ if kind != "ablations" else HOW_TO_READ, "",
+           method_note(), "",
+           *([resolution_line(an, resolution(an)), ""] if an.runs or not an.studies else [])]
     if man.get("discovered"):
         out += ["_No readable `runs/manifest.json`: the runs below were discovered from the run directories._", ""]
     for name in an.runs:
@@ -139,6 +145,13 @@ def render_report(an: Analysis, tables: dict[str, Table], plots: dict[str, Path]
                 _image(plots, errors, f"{name}_collapse", f"{name} collapse per layer"), "",
                 tables[f"{name}_collapse_tests"].markdown(),
                 "Computed from the collapse table:", "", *_bullets(findings(an.collapse[name])), ""]
+    for name, study in an.studies.items():
+        out += study_section(an.results, study, man["ablations"][name], tables,
+                             _image(plots, errors, name, f"{name} curves"))
+    if not an.runs and an.studies:  # robustness studies alone: the generic sections would be empty
+        return "\n".join([*out, *protocol_section(an), "## Every arm at its own learning rate", "",
+                          tables["main"].markdown(), "## Training cost", "", tables["cost"].markdown(),
+                          "## Runs", "", *runs_section(an.results), ""])
     out += [*protocol_section(an), "## All arms", "", tables["main"].markdown(),
             "## Regime of each regularizer: batch b vs embedding dimension d", "",
             "SVMax's normalized score of a batch is (s_mu - L) / (U - L) with L = sqrt(b) / k, U = sqrt(b / k), "

@@ -137,3 +137,31 @@ def fmt_p(p: float) -> str:
     if math.isnan(p):
         return "n/a"
     return f"{p:.3f}" if p >= 1e-3 else f"{p:.1e}"
+
+
+def change_difference(a_first: Sequence[float | None], a_then: Sequence[float | None],
+                      b_first: Sequence[float | None], b_then: Sequence[float | None],
+                      confidence: float = CONFIDENCE) -> WelchTest:
+    """Whether arm a changes less (or more) than arm b between two settings, four independent groups
+    of seeds: effect = (mean a_then - mean a_first) - (mean b_then - mean b_first), its t with the
+    Welch-Satterthwaite degrees of freedom over the four groups, two-sided p and interval.
+    ``n_a`` / ``n_b`` count a_then / b_then. NaN p when a group has fewer than two values or none varies."""
+    groups = [clean(g) for g in (a_then, a_first, b_then, b_first)]
+    signs = (1.0, -1.0, -1.0, 1.0)
+    ns = [len(g) for g in groups]
+    nan = math.nan
+    if min(ns) == 0:
+        return WelchTest(nan, nan, nan, nan, nan, nan, ns[0], ns[2])
+    means = [math.fsum(g) / len(g) for g in groups]
+    effect = math.fsum(s * m for s, m in zip(signs, means, strict=True))
+    if min(ns) < 2:
+        return WelchTest(effect, nan, nan, nan, nan, nan, ns[0], ns[2])
+    v = [math.fsum((x - m) ** 2 for x in g) / (len(g) - 1) / len(g) for g, m in zip(groups, means, strict=True)]
+    se = math.sqrt(math.fsum(v))
+    if se == 0.0:
+        return WelchTest(effect, nan, nan, nan, nan, nan, ns[0], ns[2])
+    dof = math.fsum(v) ** 2 / math.fsum(vi**2 / (n - 1) for vi, n in zip(v, ns, strict=True) if vi > 0)
+    t = effect / se
+    p = float(2.0 * sps.t.sf(abs(t), dof))
+    half = float(sps.t.ppf(0.5 + confidence / 2.0, dof)) * se
+    return WelchTest(effect, effect - half, effect + half, t, dof, p, ns[0], ns[2])

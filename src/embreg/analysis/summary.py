@@ -25,6 +25,8 @@ from embreg.analysis.compare import (
 )
 from embreg.analysis.references import budget_steps
 from embreg.analysis.stats import ALPHA, CONFIDENCE, describe
+from embreg.analysis.studies import StudyResult, analyze_study
+from embreg.analysis.study_report import study_summary
 from embreg.analysis.tables import main_runs
 
 # the headline metrics (dvc metrics show prints every key: the per-layer collapse metrics and costs
@@ -35,17 +37,20 @@ SUMMARY_METRICS = ("linear_top1", "linear_top5", "knn20_top1", "knn200_top1", "s
 
 @dataclass
 class Analysis:
-    """Per ablation: its table rows, its (arm, reference) pairs and both test families."""
+    """Per ablation: its table rows, its (arm, reference) pairs and both test families; per robustness
+    study (an ablation with ``study``): its curves, tests and verdicts."""
 
     results: Results
     runs: dict[str, list[str]] = field(default_factory=dict)
     pairs: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     accuracy: dict[str, list[Comparison]] = field(default_factory=dict)
     collapse: dict[str, list[Comparison]] = field(default_factory=dict)
+    studies: dict[str, StudyResult] = field(default_factory=dict)
 
     def all_runs(self) -> list[str]:
-        """Main-table runs, then every other run of the ablations, then every run found on disk."""
+        """Main-table runs, then every other run of the ablations and studies, then every run found on disk."""
         extra = [r for rows in self.runs.values() for r in rows]
+        extra += [p.run_id for st in self.studies.values() for p in st.points]
         return list(dict.fromkeys([*main_runs(self.results), *extra, *self.results.runs]))
 
 
@@ -53,6 +58,9 @@ def build(results: Results, conf_dir: Path | None = None) -> Analysis:
     """Every ablation's rows and tests (raises ValueError on a comparison naming an unknown run)."""
     an = Analysis(results)
     for name, abl in results.manifest.get("ablations", {}).items():
+        if abl.get("study"):
+            an.studies[name] = analyze_study(results, name, abl)
+            continue
         pairs = ablation_pairs(name, abl, conf_dir)
         an.pairs[name], an.runs[name] = pairs, table_runs(results, abl, pairs)
         an.accuracy[name] = accuracy_tests(results, name, pairs)
@@ -66,6 +74,8 @@ def _clean(value: Any) -> Any:
         return None
     if isinstance(value, dict):
         return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
     return value
 
 
@@ -104,6 +114,7 @@ def summarize(an: Analysis) -> dict[str, Any]:
             k: row[k] for k in ("b", "d", "regime", "random_score")}
     return _clean({"profile": res.manifest.get("profile", "unknown"), "arms": arms, "comparisons": comparisons,
                    "references": references, "regime": regime, "resolution": resolution(an),
+                   "studies": {name: study_summary(st) for name, st in an.studies.items()},
                    # the protocol's constants, so every number of the generated text is found here
                    "protocol": {"alpha": ALPHA, "confidence": CONFIDENCE, "confidence_percent": round(CONFIDENCE * 100)}})
 

@@ -98,8 +98,9 @@ def metric_table(results: Results, name: str, title: str, runs: list[str], colum
 
 
 def main_runs(results: Results) -> list[str]:
-    """The references first, then every arm of every ablation."""
-    return list(dict.fromkeys([*REFERENCES, *all_methods(results.manifest)]))
+    """The references first (those some ablation expects; all three when none is known), then every arm."""
+    refs = [r for r in REFERENCES if r in results.runs] if results.manifest.get("ablations") else list(REFERENCES)
+    return list(dict.fromkeys([*refs, *all_methods(results.manifest)]))
 
 
 def main_table(results: Results) -> Table:
@@ -184,7 +185,7 @@ def sensitivity_table(results: Results) -> Table:
     table = Table("sensitivity", "Coefficient sensitivity, mean [95% CI]", pd.DataFrame())
     rows = []
     for abl_name, abl in results.manifest.get("ablations", {}).items():
-        for sweep in abl.get("sweeps", []):
+        for sweep in [] if abl.get("study") else abl.get("sweeps", []):  # a study's sweeps are its curves
             for p in sweep_points(results, sweep):
                 value = (f"{p.value:g}" if p.value is not None
                          else "?" + table.notes.mark(f"`{p.run_id}`: `{sweep['key']}` not found in its config.yaml."))

@@ -1,0 +1,105 @@
+"""The robustness studies in the SVMax paper's form: a metric against the swept setting, one line per
+arm with 95% t-intervals over seeds, diverged seeds marked at the bottom of the axes (never a gap).
+
+``learning_rate`` (its Fig. 9): linear top-1 of the self-supervised arms and recall@1 of the
+metric-learning arms against the learning-rate multiple. ``batch_size`` (its Fig. 6): the test-set
+s_mu of the embedding against the batch size, its bounds L and U drawn, and linear top-1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from embreg.analysis.aggregate import Results  # noqa: E402
+from embreg.analysis.plots import _empty, _save  # noqa: E402
+from embreg.analysis.references import PIXELS, RANDOM_INIT  # noqa: E402
+from embreg.analysis.stats import describe  # noqa: E402
+from embreg.analysis.studies import USABLE, StudyResult, arm_kind, seed_counts  # noqa: E402
+
+
+def _curve(ax: plt.Axes, results: Results, study: StudyResult, arm: str, key: str, offset: float) -> None:
+    """The arm's mean and 95% t-interval per point; a red x (with k/n) where seeds diverged or failed."""
+    xs, means, errs = [], [], []
+    for x in study.xs(arm):
+        pt = study.at(arm, x)
+        if pt is None:
+            continue
+        s = describe(results.values(pt.run_id, key))
+        if s.n:
+            xs.append(x * offset)
+            means.append(s.mean)
+            errs.append([s.mean - s.ci_low, s.ci_high - s.mean] if s.has_ci else [0.0, 0.0])
+        c = seed_counts(results, pt.run_id)
+        if c["diverged"] or c["other"]:
+            bad = c["diverged"] + c["other"]
+            ax.plot(x * offset, 0.04, marker="x", color="red", markersize=9, transform=ax.get_xaxis_transform())
+            ax.text(x * offset, 0.08, f"{arm}: {bad}/{c['seeds']} " + ("diverged" if c["diverged"] else "failed"),
+                    rotation=90, fontsize=7, color="red", ha="center", va="bottom", transform=ax.get_xaxis_transform())
+    n = max((len(results.done(p.run_id)) for p in study.points if p.arm == arm), default=0)
+    if xs:
+        ax.errorbar(xs, means, yerr=np.array(errs).T, marker="o", capsize=3, label=f"{arm} (n≤{n})")
+
+
+def _references(ax: plt.Axes, results: Results, key: str) -> None:
+    for ref, style in ((PIXELS, ":"), (RANDOM_INIT, "--")):
+        vals = results.values(ref, key)
+        if vals:
+            ax.axhline(float(np.mean(vals)), color="grey", linestyle=style, label=f"{ref} (mean)")
+
+
+def lr_plot(results: Results, study: StudyResult, path: Path, title: str) -> Path:
+    """Left: the self-supervised arms' linear top-1; right: the metric arms' recall@1; x: lr multiple."""
+    groups = {kind: [a for a in study.arms() if arm_kind(results, a) == kind] for kind in USABLE}
+    groups = {k: v for k, v in groups.items() if v}
+    if not groups:
+        return _empty(path, title, "no arms in the study")
+    fig, axes = plt.subplots(1, len(groups), figsize=(6.5 * len(groups), 4.8), squeeze=False)
+    for ax, (kind, arms) in zip(axes[0], groups.items(), strict=True):
+        label, key = USABLE[kind]
+        for i, arm in enumerate(arms):
+            _curve(ax, results, study, arm, key, 1.0 + 0.04 * (i - len(arms) / 2))
+        _references(ax, results, key)
+        ax.set_xscale("log")
+        ticks = study.xs()
+        ax.set_xticks(ticks, [f"{x:g}x" for x in ticks])
+        ax.set(xlabel="learning rate (multiple of the profile's)", ylabel=f"{label} (%)",
+               title="self-supervised arms" if kind == "ssl" else "metric learning (class-disjoint split)")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{title}: mean and 95% t-interval over seeds; x: diverged or failed seeds")
+    return _save(fig, path)
+
+
+def batch_plot(results: Results, study: StudyResult, path: Path, title: str) -> Path:
+    """Left: the embedding's test-set s_mu against the batch, with L and U (and b = d); right: linear top-1."""
+    if not study.points:
+        return _empty(path, title, "no runs in the study")
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    arms = study.arms()
+    for ax, key, label in ((axes[0], "projector_s_mu", "embedding s_mu (test set)"),
+                           (axes[1], "linear_top1", "linear top-1 (%)")):
+        for i, arm in enumerate(arms):
+            _curve(ax, results, study, arm, key, 1.0 + 0.05 * (i - len(arms) / 2))
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(study.xs(), [f"{x:g}" for x in study.xs()])
+        ax.set(xlabel="batch size b (equal images seen)", ylabel=label)
+    done = [r.metrics for p in study.points for r in results.done(p.run_id)]
+    for bound, style in (("projector_s_mu_upper", "--"), ("projector_s_mu_lower", ":")):
+        vals = [m[bound] for m in done if bound in m]
+        if vals:
+            axes[0].axhline(float(np.mean(vals)), color="black", linestyle=style,
+                            label=("upper bound U" if "upper" in bound else "lower bound L"))
+    dims = {int(m["projector_dim"]) for m in done if "projector_dim" in m}
+    for d in dims:
+        for ax in axes:
+            ax.axvline(d, color="grey", linestyle="-.", linewidth=0.8)
+        axes[0].text(d, 0.5, f" b = d = {d}", color="grey", fontsize=8, transform=axes[0].get_xaxis_transform())
+    for ax in axes:
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{title}: mean and 95% t-interval over seeds")
+    return _save(fig, path)
