@@ -264,10 +264,10 @@ def collapse_plot(results: Results, name: str, methods: list[str], path: Path) -
     return _save(fig, path)
 
 
-def make_plots(an: Analysis, plots_dir: Path) -> tuple[dict[str, Path], dict[str, str]]:
-    """Every figure; returns (name -> path, name -> error) so one broken plot never stops the report."""
-    from embreg.analysis.studies import LEARNING_RATE
-    from embreg.analysis.study_plots import batch_plot, lr_plot  # they draw with this module's helpers
+def make_plots(an: Analysis, plots_dir: Path, extra: dict[str, Callable[[Path], Path]] | None = None
+               ) -> tuple[dict[str, Path], dict[str, str]]:
+    """Every figure (plus ``extra``: name -> draw(path), the studies' curves); returns (name -> path,
+    name -> error) so one broken plot never stops the report."""
     results = an.results
     jobs: dict[str, Callable[[Path], Path]] = {}
     for name, runs in an.runs.items():
@@ -278,10 +278,7 @@ def make_plots(an: Analysis, plots_dir: Path) -> tuple[dict[str, Path], dict[str
                      "loss_terms": lambda p: loss_terms_plot(results, p),
                      "layer_collapse_heatmap": lambda p: layer_heatmap(results, p),
                      "spectra": lambda p: spectra_plot(results, p)})
-    for name, study in an.studies.items():
-        title = results.manifest["ablations"][name].get("title", name)
-        draw = lr_plot if study.kind == LEARNING_RATE else batch_plot
-        jobs[name] = lambda p, d=draw, s=study, t=title: d(results, s, p, t)
+    jobs.update(extra or {})
     paths, errors = {}, {}
     for name, draw in jobs.items():
         try:

@@ -20,6 +20,7 @@ from embreg.analysis.collapse import collapse_table, regime_table
 from embreg.analysis.findings import findings, method_note, resolution_line
 from embreg.analysis.plots import make_plots
 from embreg.analysis.readme import BLOCK_FILE, readme_block
+from embreg.analysis.study_plots import study_plot_jobs
 from embreg.analysis.study_report import HOW_TO_READ as STUDY_HOW_TO_READ
 from embreg.analysis.study_report import study_section, study_tables
 from embreg.analysis.summary import Analysis, build, resolution, summarize
@@ -200,7 +201,7 @@ def analyze(results_dir: Path, conf_dir: Path | None = None) -> dict[str, Any]:
     for table in tables.values():
         write_table(table, tables_dir)
     runs_frame(an.results).to_csv(tables_dir / "runs.csv", index=False)
-    plots, errors = make_plots(an, results_dir / "plots")
+    plots, errors = make_plots(an, results_dir / "plots", study_plot_jobs(an))
     summary = summarize(an)
     _write_json(results_dir / "summary.json", summary)
     (results_dir / "REPORT.md").write_text(render_report(an, tables, plots, errors))

@@ -8,6 +8,7 @@ s_mu of the embedding against the batch size, its bounds L and U drawn, and line
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -20,7 +21,8 @@ from embreg.analysis.aggregate import Results  # noqa: E402
 from embreg.analysis.plots import _empty, _save  # noqa: E402
 from embreg.analysis.references import PIXELS, RANDOM_INIT  # noqa: E402
 from embreg.analysis.stats import describe  # noqa: E402
-from embreg.analysis.studies import USABLE, StudyResult, arm_kind, seed_counts  # noqa: E402
+from embreg.analysis.studies import LEARNING_RATE, USABLE, StudyResult, arm_kind, seed_counts  # noqa: E402
+from embreg.analysis.summary import Analysis  # noqa: E402
 
 
 def _curve(ax: plt.Axes, results: Results, study: StudyResult, arm: str, key: str, offset: float) -> None:
@@ -103,3 +105,13 @@ def batch_plot(results: Results, study: StudyResult, path: Path, title: str) -> 
         ax.legend(fontsize=8)
     fig.suptitle(f"{title}: mean and 95% t-interval over seeds")
     return _save(fig, path)
+
+
+def study_plot_jobs(an: Analysis) -> dict[str, Callable[[Path], Path]]:
+    """name -> draw(path) for each study's figure (``plots/<study>.png``)."""
+    jobs: dict[str, Callable[[Path], Path]] = {}
+    for name, study in an.studies.items():
+        title = an.results.manifest["ablations"][name].get("title", name)
+        draw = lr_plot if study.kind == LEARNING_RATE else batch_plot
+        jobs[name] = lambda p, d=draw, s=study, t=title: d(an.results, s, p, t)
+    return jobs
