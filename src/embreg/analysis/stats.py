@@ -84,29 +84,35 @@ class WelchTest:
         return not math.isnan(self.p)
 
 
-def welch(a: Sequence[float | None], b: Sequence[float | None], confidence: float = CONFIDENCE) -> WelchTest:
-    """Welch's t-test of mean(a) - mean(b) (the same t, dof and p as scipy's ``ttest_ind(equal_var=False)``)."""
-    xa, xb = clean(a), clean(b)
-    na, nb = len(xa), len(xb)
+def _contrast(groups: list[list[float]], signs: Sequence[float], n_a: int, n_b: int, confidence: float) -> WelchTest:
+    """The signed sum of the groups' means with its t (Welch-Satterthwaite dof over the groups),
+    two-sided p and interval; NaN where undefined (an empty group; a group of one; no spread)."""
     nan = math.nan
-    if na == 0 or nb == 0:
-        return WelchTest(nan, nan, nan, nan, nan, nan, na, nb)
-    ma, mb = math.fsum(xa) / na, math.fsum(xb) / nb
-    effect = ma - mb
-    if na < 2 or nb < 2:
-        return WelchTest(effect, nan, nan, nan, nan, nan, na, nb)
-    va = math.fsum((v - ma) ** 2 for v in xa) / (na - 1) / na  # squared standard errors
-    vb = math.fsum((v - mb) ** 2 for v in xb) / (nb - 1) / nb
-    se = math.sqrt(va + vb)
+    ns = [len(g) for g in groups]
+    if min(ns) == 0:
+        return WelchTest(nan, nan, nan, nan, nan, nan, n_a, n_b)
+    means = [math.fsum(g) / len(g) for g in groups]
+    effect = math.fsum(sign * m for sign, m in zip(signs, means, strict=True))
+    if min(ns) < 2:
+        return WelchTest(effect, nan, nan, nan, nan, nan, n_a, n_b)
+    # squared standard errors
+    v = [math.fsum((x - m) ** 2 for x in g) / (len(g) - 1) / len(g) for g, m in zip(groups, means, strict=True)]
+    se = math.sqrt(math.fsum(v))
     if se == 0.0:
         # scipy reports t = ±inf, p = 0 here; two or three identical seeds per arm are a saturated
         # or quantized metric, not infinite evidence, so the difference is left untested
-        return WelchTest(effect, nan, nan, nan, nan, nan, na, nb)
-    dof = (va + vb) ** 2 / (va**2 / (na - 1) + vb**2 / (nb - 1))
+        return WelchTest(effect, nan, nan, nan, nan, nan, n_a, n_b)
+    dof = math.fsum(v) ** 2 / math.fsum(vi**2 / (n - 1) for vi, n in zip(v, ns, strict=True))
     t = effect / se
     p = float(2.0 * sps.t.sf(abs(t), dof))
     half = float(sps.t.ppf(0.5 + confidence / 2.0, dof)) * se
-    return WelchTest(effect, effect - half, effect + half, t, dof, p, na, nb)
+    return WelchTest(effect, effect - half, effect + half, t, dof, p, n_a, n_b)
+
+
+def welch(a: Sequence[float | None], b: Sequence[float | None], confidence: float = CONFIDENCE) -> WelchTest:
+    """Welch's t-test of mean(a) - mean(b) (the same t, dof and p as scipy's ``ttest_ind(equal_var=False)``)."""
+    xa, xb = clean(a), clean(b)
+    return _contrast([xa, xb], (1.0, -1.0), len(xa), len(xb), confidence)
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
@@ -147,21 +153,4 @@ def change_difference(a_first: Sequence[float | None], a_then: Sequence[float | 
     Welch-Satterthwaite degrees of freedom over the four groups, two-sided p and interval.
     ``n_a`` / ``n_b`` count a_then / b_then. NaN p when a group has fewer than two values or none varies."""
     groups = [clean(g) for g in (a_then, a_first, b_then, b_first)]
-    signs = (1.0, -1.0, -1.0, 1.0)
-    ns = [len(g) for g in groups]
-    nan = math.nan
-    if min(ns) == 0:
-        return WelchTest(nan, nan, nan, nan, nan, nan, ns[0], ns[2])
-    means = [math.fsum(g) / len(g) for g in groups]
-    effect = math.fsum(s * m for s, m in zip(signs, means, strict=True))
-    if min(ns) < 2:
-        return WelchTest(effect, nan, nan, nan, nan, nan, ns[0], ns[2])
-    v = [math.fsum((x - m) ** 2 for x in g) / (len(g) - 1) / len(g) for g, m in zip(groups, means, strict=True)]
-    se = math.sqrt(math.fsum(v))
-    if se == 0.0:
-        return WelchTest(effect, nan, nan, nan, nan, nan, ns[0], ns[2])
-    dof = math.fsum(v) ** 2 / math.fsum(vi**2 / (n - 1) for vi, n in zip(v, ns, strict=True) if vi > 0)
-    t = effect / se
-    p = float(2.0 * sps.t.sf(abs(t), dof))
-    half = float(sps.t.ppf(0.5 + confidence / 2.0, dof)) * se
-    return WelchTest(effect, effect - half, effect + half, t, dof, p, ns[0], ns[2])
+    return _contrast(groups, (1.0, -1.0, -1.0, 1.0), len(groups[0]), len(groups[2]), confidence)

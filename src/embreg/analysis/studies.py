@@ -142,8 +142,7 @@ def _lr_study(results: Results, study: StudyResult) -> None:
     for arm, ref in pairs:
         mine = [c for c in study.tests if (c.arm, c.reference) == (arm, ref)]
         div = study.divergence[(arm, ref)]
-        fewer = (div["arm_diverged"] / max(div["arm_diverged"] + div["arm_finished"], 1)
-                 - div["ref_diverged"] / max(div["ref_diverged"] + div["ref_finished"], 1))
+        fewer = div["arm_diverged"] / max(div["arm_seeds"], 1) - div["ref_diverged"] / max(div["ref_seeds"], 1)
         div_sig = not math.isnan(div["p"]) and div["p"] < 0.05
         better = any(c.significant and c.test.effect > 0 for c in mine) or (div_sig and fewer < 0)
         worse = any(c.significant and c.test.effect < 0 for c in mine) or (div_sig and fewer > 0)

@@ -13,7 +13,7 @@ import pandas as pd
 from embreg.analysis.aggregate import Results
 from embreg.analysis.cells import Table, fmt_effect, metric_cell, num
 from embreg.analysis.compare import Comparison
-from embreg.analysis.references import PIXELS, RANDOM_INIT
+from embreg.analysis.references import PIXELS, RANDOM_INIT, budget_steps
 from embreg.analysis.stats import fmt_p
 from embreg.analysis.studies import (
     BATCH_SIZE,
@@ -52,11 +52,6 @@ def _cell(results: Results, rid: str, key: str, decimals: int, table: Table) -> 
     return metric_cell(results, rid, key, table.notes, decimals)
 
 
-def _steps(results: Results, rid: str) -> int | None:
-    spe, epochs = (results.config_value(rid, k) for k in ("pretrain.steps_per_epoch", "pretrain.epochs"))
-    return spe * epochs if isinstance(spe, int) and isinstance(epochs, int) else None
-
-
 def study_table(results: Results, study: StudyResult, title: str) -> Table:
     """One row per (arm, point): seeds finished / diverged, then the study's metric cells."""
     table = Table(study.name, title, pd.DataFrame())
@@ -70,7 +65,7 @@ def study_table(results: Results, study: StudyResult, title: str) -> Table:
         if lr:
             setting = [f"{p.x:g}x", f"{results.config_value(p.run_id, 'optim.lr'):g}"]
         else:
-            steps = _steps(results, p.run_id)
+            steps = budget_steps(results, p.run_id)
             setting = [f"{p.x:g}", f"{steps} ({steps * int(p.x)} images)" if steps else "?"]
         rows.append([p.arm, *setting, _seeds_cell(results, p.run_id),
                      *[_cell(results, p.run_id, k, d, table) for _, k, d in columns]])
@@ -126,8 +121,7 @@ def verdict_lines(results: Results, study: StudyResult) -> list[str]:
             d = study.divergence[(arm, ref)]
             fisher = "no seed diverged" if math.isnan(d["p"]) else f"Fisher's exact p = {fmt_p(d['p'])}"
             line += (f"Change from `1x`, `{arm}` minus `{ref}`: {tests}. Diverged seeds beyond `1x`: `{arm}` "
-                     f"{d['arm_diverged']} of {d['arm_diverged'] + d['arm_finished']}, `{ref}` {d['ref_diverged']} of "
-                     f"{d['ref_diverged'] + d['ref_finished']} ({fisher}).")
+                     f"{d['arm_diverged']} of {d['arm_seeds']}, `{ref}` {d['ref_diverged']} of {d['ref_seeds']} ({fisher}).")
         else:
             line += f"`{arm}` minus `{ref}` at each batch size: {tests}."
         out.append(line)
