@@ -81,6 +81,15 @@ def train_head(
         opt.step()
 
 
+def linear_head(in_dim: int, num_classes: int, gen: torch.Generator) -> nn.Linear:
+    """The probe's head, drawn from the probe's own generator (VICReg's init: N(0, 0.01), zero
+    bias), so a probe's result depends on its seed only, never on what ran before it."""
+    clf = nn.Linear(in_dim, num_classes)
+    nn.init.normal_(clf.weight, std=0.01, generator=gen)
+    nn.init.zeros_(clf.bias)
+    return clf
+
+
 def linear_probe(
     train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
     num_classes: int, cfg: EvalConfig, seed: int,
@@ -90,7 +99,7 @@ def linear_probe(
     gen = torch.Generator().manual_seed(seed)
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
     xtr, xte = (train_x - mean) / std, (test_x - mean) / std
-    clf = nn.Linear(xtr.shape[1], num_classes)
+    clf = linear_head(xtr.shape[1], num_classes, gen)
     opt = torch.optim.SGD(clf.parameters(), lr=cfg.probe_lr, momentum=0.9, weight_decay=1e-6)
     steps_per_epoch = max(1, -(-len(xtr) // cfg.probe_batch_size))  # the last batch may be smaller
     lrs = cosine_schedule(cfg.probe_lr, cfg.probe_epochs * steps_per_epoch)
@@ -109,10 +118,7 @@ def linear_probe_augmented(
     cosine, last epoch reported on the test features ``test_x`` (centre view)."""
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
-    clf = nn.Linear(model.backbone.feat_dim, num_classes)
-    nn.init.normal_(clf.weight, std=0.01, generator=gen)
-    nn.init.zeros_(clf.bias)
-    clf = clf.to(device)
+    clf = linear_head(model.backbone.feat_dim, num_classes, gen).to(device)
     opt = torch.optim.SGD(clf.parameters(), lr=cfg.probe_lr, momentum=0.9, weight_decay=1e-6)
     spec = AugmentSpec(crop_scale=(0.08, 1.0), jitter_prob=0.0)
     bs = min(cfg.probe_batch_size, len(train))
@@ -162,12 +168,12 @@ def finetune(
     subset (SGD m=0.9, cosine, wd 0, random-resized-crop + flip), top-1/top-5 on test."""
     device = next(model.parameters()).device
     net = copy.deepcopy(model.backbone)
-    head = nn.Linear(net.feat_dim, num_classes).to(device)
+    gen = torch.Generator().manual_seed(seed)
+    head = linear_head(net.feat_dim, num_classes, gen).to(device)
     opt = torch.optim.SGD(
         [{"params": net.parameters(), "lr": lr_backbone}, {"params": head.parameters(), "lr": lr_head}],
         momentum=0.9, weight_decay=0.0,
     )
-    gen = torch.Generator().manual_seed(seed)
     spec = AugmentSpec(crop_scale=crop_scale, jitter_prob=0.0)
     bs = min(batch_size, len(train))
     # epochs may be fractional (small profiles): the step budget is what is fixed

@@ -85,8 +85,13 @@ def bars_plot(results: Results, name: str, methods: list[str], path: Path) -> Pa
     kw = {"x": "method", "y": "value", "hue": "metric", "order": list(labels.values()),
           "hue_order": [k for k in BAR_METRICS if k in set(df["metric"])]}
     sns.barplot(data=df, errorbar=t_interval, capsize=0.15, alpha=0.85, ax=ax, **kw)
-    sns.stripplot(data=df, dodge=True, palette=dict.fromkeys(kw["hue_order"], "black"), size=3, legend=False,
-                  ax=ax, **kw)
+    state = np.random.get_state()  # seaborn jitters with numpy's global generator: fix it, so the
+    np.random.seed(0)  # figure is a function of the results alone (re-running never rewrites it)
+    try:
+        sns.stripplot(data=df, dodge=True, palette=dict.fromkeys(kw["hue_order"], "black"), size=3,
+                      legend=False, ax=ax, **kw)
+    finally:
+        np.random.set_state(state)
     ax.set(title=title, xlabel="", ylabel="top-1 accuracy (%)")
     ax.legend(title="evaluation", bbox_to_anchor=(1.01, 1), loc="upper left", fontsize=8)  # off the bars
     return _save(fig, path)
