@@ -93,3 +93,6 @@ def test_holm_ties_nan_and_empty() -> None:
 def test_significant_and_p_format() -> None:
     assert significant(0.049) and not significant(0.05) and not significant(float("nan"))
     assert (fmt_p(0.0123), fmt_p(1.5e-4), fmt_p(float("nan"))) == ("0.012", "1.5e-04", "n/a")
+    # never rounded across the threshold: the text reads on the same side of 0.05 as the value
+    assert [fmt_p(p) for p in (0.0498, 0.0502, 0.04996, 0.05, 0.0449, 0.0551)] == [
+        "0.0498", "0.0502", "0.04996", "0.050", "0.045", "0.055"]

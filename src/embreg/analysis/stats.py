@@ -138,11 +138,21 @@ def significant(p_adjusted: float, alpha: float = ALPHA) -> bool:
     return not math.isnan(p_adjusted) and p_adjusted < alpha
 
 
-def fmt_p(p: float) -> str:
-    """``0.012``; below 0.001 in scientific notation (``3.2e-05``); ``n/a`` when untested."""
+def fmt_p(p: float, alpha: float = ALPHA) -> str:
+    """``0.012``; below 0.001 in scientific notation (``3.2e-05``); ``n/a`` when untested. Near
+    ``alpha`` more digits are shown, until the text falls on the same side of it as ``p``:
+    0.0498 passes and is never printed as ``0.050``, which would read as failing."""
     if math.isnan(p):
         return "n/a"
-    return f"{p:.3f}" if p >= 1e-3 else f"{p:.1e}"
+    if p < 1e-3:
+        return f"{p:.1e}"
+    text = f"{p:.3f}"
+    for digits in (4, 5, 6):
+        shown = float(text)
+        if p == alpha or (shown != alpha and (shown < alpha) == (p < alpha)):
+            break
+        text = f"{p:.{digits}f}"
+    return text
 
 
 def change_difference(a_first: Sequence[float | None], a_then: Sequence[float | None],
