@@ -146,12 +146,11 @@ def fmt_p(p: float, alpha: float = ALPHA) -> str:
         return "n/a"
     if p < 1e-3:
         return f"{p:.1e}"
-    text = f"{p:.3f}"
-    for digits in (4, 5, 6):
+    for digits in (3, 4, 5, 6):
+        text = f"{p:.{digits}f}"
         shown = float(text)
         if p == alpha or (shown != alpha and (shown < alpha) == (p < alpha)):
             break
-        text = f"{p:.{digits}f}"
     return text
 
 
