@@ -344,3 +344,26 @@ def test_sweep_points_expect_only_the_sweep_seeds() -> None:
     assert expected_seeds(manifest) == {"svmax": [0, 1], "svmax@svmax=0.1": [0]}
     del manifest["ablations"]["a"]["sweep_seeds"]  # older manifests: the ablation's seeds
     assert expected_seeds(manifest)["svmax@svmax=0.1"] == [0, 1]
+
+
+def test_findings_mark_borderline_claims_and_say_the_rule() -> None:
+    from scipy import stats as sps
+
+    from embreg.analysis.compare import Comparison, set_holm
+    from embreg.analysis.findings import findings, method_note
+    from embreg.analysis.stats import WelchTest
+
+    def comp(arm: str, t: float) -> Comparison:  # two arms of three seeds: dof 4
+        return Comparison("anticollapse", arm, "vicreg_nocov", "linear_top1", "linear top-1",
+                          WelchTest(t, t - 1.0, t + 1.0, t, 4.0, float(2 * sps.t.sf(abs(t), 4.0)), 3, 3))
+
+    near, firm, failing = comp("var_l2", 4.2), comp("svmax", 12.0), comp("inv_only", 1.0)
+    set_holm([near, firm, failing])
+    assert (near.significant, near.borderline) == (True, True)
+    assert (firm.significant, firm.borderline) == (True, False)
+    assert (failing.significant, failing.borderline) == (False, False)
+    lines = findings([near, firm, failing])
+    assert lines[0].startswith("`var_l2` vs `vicreg_nocov`") and lines[0].endswith("(borderline)")
+    assert lines[1].startswith("`svmax` vs `vicreg_nocov`") and "borderline" not in lines[1]
+    assert near.as_dict()["borderline"] is True
+    assert "1 standard error closer to zero" in method_note() and "(borderline)" in method_note()

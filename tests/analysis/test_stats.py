@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from embreg.analysis.stats import describe, fmt_p, holm, significant, welch
+from embreg.analysis.stats import (
+    WelchTest,
+    describe,
+    fmt_p,
+    holm,
+    holm_borderline,
+    shifted_p,
+    significant,
+    welch,
+)
 
 # scipy warns about (near-)zero variance in the edge cases it is compared against
 pytestmark = pytest.mark.filterwarnings("ignore:Precision loss:RuntimeWarning")
@@ -96,3 +105,35 @@ def test_significant_and_p_format() -> None:
     # never rounded across the threshold: the text reads on the same side of 0.05 as the value
     assert [fmt_p(p) for p in (0.0498, 0.0502, 0.04996, 0.05, 0.0449, 0.0551)] == [
         "0.0498", "0.0502", "0.04996", "0.050", "0.045", "0.055"]
+
+
+def test_shifted_p_moves_the_effect_one_standard_error_towards_zero() -> None:
+    a, b = SAMPLES[0]
+    t = welch(a, b)
+    assert shifted_p(t, 0.0) == pytest.approx(t.p, rel=1e-12)
+    # the same test with the effect one standard error smaller: |t| - 1 at the same dof
+    assert shifted_p(t) == pytest.approx(2 * sps.t.sf(abs(t.t) - 1.0, t.dof), rel=1e-12)
+    assert shifted_p(t) > t.p
+    assert shifted_p(welch(b, a)) == pytest.approx(shifted_p(t), rel=1e-12)  # the sign does not matter
+
+
+def test_holm_borderline_marks_only_passing_tests_without_a_margin() -> None:
+    # dof 4: |t| = 4.2 gives p ~ 0.0137, which Holm beside a failing test (x2) takes to ~0.027: it
+    # passes, but |t| = 3.2 (one standard error closer to zero) gives ~0.033, x2 ~0.066: borderline.
+    # |t| = 12 keeps passing one standard error closer to zero; |t| = 1 never passed.
+    def test_with_t(t: float) -> WelchTest:
+        return WelchTest(t, math.nan, math.nan, t, 4.0, float(2 * sps.t.sf(t, 4.0)), 3, 3)
+
+    near, firm, failing = test_with_t(4.2), test_with_t(12.0), test_with_t(1.0)
+    assert holm([near.p, failing.p]) == [pytest.approx(2 * near.p), pytest.approx(failing.p)]
+    assert significant(2 * near.p) and not significant(2 * shifted_p(near))
+    assert holm_borderline([near, failing]) == [True, False]
+    assert holm_borderline([firm, failing]) == [False, False]
+    # alone in its family (no x2), the same test keeps passing one standard error closer to zero
+    assert holm_borderline([near]) == [False]
+    # a negative effect is judged the same way
+    negative = WelchTest(-4.2, math.nan, math.nan, -4.2, 4.0, near.p, 3, 3)
+    assert holm_borderline([negative, failing]) == [True, False]
+    # an untestable member stays out of the family and is never borderline
+    untested = WelchTest(1.0, math.nan, math.nan, math.nan, math.nan, math.nan, 1, 3)
+    assert holm_borderline([untested, near]) == [False, False]

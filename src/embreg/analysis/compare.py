@@ -18,7 +18,7 @@ import yaml
 
 from embreg.analysis.aggregate import LAYER_ORDER, Results, ablation_methods
 from embreg.analysis.references import PIXELS, RANDOM_INIT, REFERENCES, by_design
-from embreg.analysis.stats import WelchTest, holm, significant, welch
+from embreg.analysis.stats import WelchTest, holm, holm_borderline, significant, welch
 
 CONF_ABLATION_DIR = Path("conf/ablation")  # relative to the repository root (DVC's working directory)
 # (label, flat metric key): the accuracy columns every ablation tests
@@ -40,6 +40,7 @@ class Comparison:
     label: str
     test: WelchTest
     p_holm: float = math.nan
+    borderline: bool = False  # passes, with less margin than a rerun may move it (stats.BORDERLINE_SE)
 
     @property
     def significant(self) -> bool:
@@ -52,7 +53,8 @@ class Comparison:
     def as_dict(self) -> dict[str, Any]:
         t = self.test
         return {"effect": t.effect, "ci_low": t.ci_low, "ci_high": t.ci_high, "t": t.t, "dof": t.dof,
-                "p": t.p, "p_holm": self.p_holm, "significant": self.significant, "n_arm": t.n_a, "n_ref": t.n_b}
+                "p": t.p, "p_holm": self.p_holm, "significant": self.significant,
+                "borderline": self.borderline, "n_arm": t.n_a, "n_ref": t.n_b}
 
 
 def sweep_runs(abl: dict[str, Any]) -> list[str]:
@@ -103,10 +105,16 @@ def _welch(results: Results, table: str, arm: str, ref: str, metrics: list[tuple
             if by_design(results, arm, key) is None and by_design(results, ref, key) is None]
 
 
+def set_holm(comps: list[Comparison]) -> None:
+    """Each comparison's Holm-adjusted p and borderline mark within ``comps``, one family."""
+    tests = [c.test for c in comps]
+    for comp, p, near in zip(comps, holm([t.p for t in tests]), holm_borderline(tests), strict=True):
+        comp.p_holm, comp.borderline = p, near
+
+
 def _holm(comps: list[Comparison]) -> list[Comparison]:
     """Holm's correction across one table's tests (its family), in place."""
-    for comp, p in zip(comps, holm([c.test.p for c in comps]), strict=True):
-        comp.p_holm = p
+    set_holm(comps)
     return comps
 
 

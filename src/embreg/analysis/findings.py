@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from embreg.analysis.cells import fmt_effect
 from embreg.analysis.compare import TESTED_METRICS, Comparison
-from embreg.analysis.stats import ALPHA, CONFIDENCE, fmt_p
+from embreg.analysis.stats import ALPHA, BORDERLINE, BORDERLINE_SE, CONFIDENCE, fmt_p
 from embreg.analysis.summary import Analysis
 from embreg.analysis.tables import metric_decimals
 
@@ -18,10 +18,11 @@ NOT_TESTABLE = "not testable (a run has fewer than two seeds, or neither run var
 
 
 def finding(c: Comparison) -> str:
-    """``"`svmax` vs `vicreg_nocov`, `linear top-1`: +2.7 [1.2, 4.2] points, p (Holm) = 0.012"``."""
+    """``"`svmax` vs `vicreg_nocov`, `linear top-1`: +2.7 [1.2, 4.2] points, p (Holm) = 0.012"``, with
+    ``" (borderline)"`` after a claim with less margin than a rerun may move it (stats.BORDERLINE_SE)."""
     unit = " points" if c.metric in ACCURACY_KEYS else ""
     return (f"`{c.arm}` vs `{c.reference}`, `{c.label}`: {fmt_effect(c.test, metric_decimals(c.metric))}{unit}, "
-            f"p (Holm) = {fmt_p(c.p_holm)}")
+            f"p (Holm) = {fmt_p(c.p_holm)}" + (f" ({BORDERLINE})" if c.borderline else ""))
 
 
 def _grouped(comps: list[Comparison]) -> str:
@@ -52,7 +53,10 @@ def method_note() -> str:
     """How the findings were computed (its numbers are the protocol constants, kept in summary.json)."""
     return (f"Only differences that pass Welch's t-test after Holm's correction across each table's "
             f"comparisons (adjusted p < {ALPHA}) are stated, as difference of means [{CONFIDENCE * 100:.0f}% CI]; "
-            f"everything else is {NOT_RESOLVED}.")
+            f"everything else is {NOT_RESOLVED}. A stated difference that would not pass with its effect "
+            f"{BORDERLINE_SE:g} standard error closer to zero (the other tests of its table unchanged) is marked "
+            f"({BORDERLINE}): a rerun on another machine, whose floating-point kernels move every trained "
+            f"network's cells within their intervals, can carry it to either side of the threshold.")
 
 
 def resolution_line(an: Analysis, res: dict) -> str:

@@ -17,14 +17,16 @@ correlation between the normalized score and linear top-1 over every finished se
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from scipy import stats as sps
 
 from embreg.analysis.aggregate import Results
-from embreg.analysis.compare import Comparison
-from embreg.analysis.stats import WelchTest, change_difference, holm, welch
+from embreg.analysis.compare import Comparison, set_holm
+from embreg.analysis.stats import ALPHA, WelchTest, change_difference, welch
 from embreg.rundir import State
 
 LEARNING_RATE, BATCH_SIZE = "learning_rate", "batch_size"
@@ -115,6 +117,33 @@ def _verdict(better: bool, worse: bool) -> str:
     return NOT_RESOLVED
 
 
+Passes = Callable[[Comparison], bool]
+
+
+def _lr_verdict(mine: list[Comparison], div: dict[str, Any], fewer: float, passes: Passes) -> str:
+    """Better: a change from 1x resolved in the SVMax arm's favour, or fewer diverged seeds
+    (Fisher); worse: the opposite."""
+    div_sig = not math.isnan(div["p"]) and div["p"] < ALPHA
+    better = any(passes(c) and c.test.effect > 0 for c in mine) or (div_sig and fewer < 0)
+    worse = any(passes(c) and c.test.effect < 0 for c in mine) or (div_sig and fewer > 0)
+    return _verdict(better, worse)
+
+
+def _batch_verdict(mine: list[Comparison], passes: Passes) -> str:
+    """"Markedly better at every batch size": every point resolved in the SVMax arm's favour."""
+    better = bool(mine) and all(passes(c) and c.test.effect > 0 for c in mine)
+    worse = any(passes(c) and c.test.effect < 0 for c in mine)
+    return _verdict(better, worse)
+
+
+def _with_margin(verdict: Callable[[Passes], str], metric: str | None) -> dict[str, Any]:
+    """The verdict, marked ``borderline`` when it changes once the borderline tests are taken as
+    not passing: it rests on a claim a rerun on another machine could overturn (stats.BORDERLINE_SE)."""
+    stated = verdict(lambda c: c.significant)
+    firm = verdict(lambda c: c.significant and not c.borderline)
+    return {"verdict": stated, "metric": metric, "borderline": stated != firm}
+
+
 def _fisher(results: Results, study: StudyResult, arm: str, ref: str) -> dict[str, Any]:
     """Diverged vs finished seeds of both arms over every point beyond the first (x > 1x)."""
     counts = {}
@@ -143,10 +172,8 @@ def _lr_study(results: Results, study: StudyResult) -> None:
         mine = [c for c in study.tests if (c.arm, c.reference) == (arm, ref)]
         div = study.divergence[(arm, ref)]
         fewer = div["arm_diverged"] / max(div["arm_seeds"], 1) - div["ref_diverged"] / max(div["ref_seeds"], 1)
-        div_sig = not math.isnan(div["p"]) and div["p"] < 0.05
-        better = any(c.significant and c.test.effect > 0 for c in mine) or (div_sig and fewer < 0)
-        worse = any(c.significant and c.test.effect < 0 for c in mine) or (div_sig and fewer > 0)
-        study.verdicts[(arm, ref)] = {"verdict": _verdict(better, worse), "metric": mine[0].metric if mine else None}
+        study.verdicts[(arm, ref)] = _with_margin(partial(_lr_verdict, mine, div, fewer),
+                                                  mine[0].metric if mine else None)
 
 
 def _batch_study(results: Results, study: StudyResult) -> None:
@@ -161,15 +188,11 @@ def _batch_study(results: Results, study: StudyResult) -> None:
     _holm(study)
     for arm, ref in pairs:
         mine = [c for c in study.tests if (c.arm, c.reference) == (arm, ref)]
-        # "markedly better at every batch size": every point resolved in SVMax's favour
-        better = bool(mine) and all(c.significant and c.test.effect > 0 for c in mine)
-        worse = any(c.significant and c.test.effect < 0 for c in mine)
-        study.verdicts[(arm, ref)] = {"verdict": _verdict(better, worse), "metric": key}
+        study.verdicts[(arm, ref)] = _with_margin(partial(_batch_verdict, mine), key)
 
 
 def _holm(study: StudyResult) -> None:
-    for comp, p in zip(study.tests, holm([c.test.p for c in study.tests]), strict=True):
-        comp.p_holm = p
+    set_holm(study.tests)
 
 
 def rank_correlations(results: Results, study: StudyResult) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ from embreg.analysis.aggregate import Results
 from embreg.analysis.cells import Table, fmt_effect, metric_cell, num
 from embreg.analysis.compare import Comparison
 from embreg.analysis.references import PIXELS, RANDOM_INIT, budget_steps
-from embreg.analysis.stats import fmt_p
+from embreg.analysis.stats import BORDERLINE, fmt_p
 from embreg.analysis.studies import (
     BATCH_SIZE,
     EMBEDDING_USE,
@@ -102,7 +102,8 @@ def study_tables(results: Results, study: StudyResult, title: str) -> list[Table
 def _test_text(c: Comparison, where: str) -> str:
     if math.isnan(c.test.effect):
         return f"`{where}`: untestable (a point without finished seeds)"
-    return f"`{where}`: {fmt_effect(c.test, metric_decimals(c.metric))}, p (Holm) = {fmt_p(c.p_holm)}"
+    return (f"`{where}`: {fmt_effect(c.test, metric_decimals(c.metric))}, p (Holm) = {fmt_p(c.p_holm)}"
+            + (f" ({BORDERLINE})" if c.borderline else ""))
 
 
 def _x_of(c: Comparison) -> str:
@@ -116,7 +117,8 @@ def verdict_lines(results: Results, study: StudyResult) -> list[str]:
         mine = [c for c in study.tests if (c.arm, c.reference) == (arm, ref)]
         label = mine[0].label.rsplit(":", 1)[0] if mine and study.kind == LEARNING_RATE else EMBEDDING_USE[0]
         tests = "; ".join(_test_text(c, _x_of(c)) for c in mine) or "no testable point"
-        line = f"`{arm}` vs `{ref}` (`{label}`): **{v['verdict']}**. "
+        mark = f" ({BORDERLINE}: it rests on a test marked so)" if v.get("borderline") else ""
+        line = f"`{arm}` vs `{ref}` (`{label}`): **{v['verdict']}**{mark}. "
         if study.kind == LEARNING_RATE:
             d = study.divergence[(arm, ref)]
             fisher = "no seed diverged" if math.isnan(d["p"]) else f"Fisher's exact p = {fmt_p(d['p'])}"

@@ -24,7 +24,7 @@ from embreg.analysis.compare import (
     table_runs,
 )
 from embreg.analysis.references import budget_steps
-from embreg.analysis.stats import ALPHA, CONFIDENCE, describe
+from embreg.analysis.stats import ALPHA, BORDERLINE_SE, CONFIDENCE, describe
 from embreg.analysis.studies import StudyResult, analyze_study
 from embreg.analysis.study_report import study_summary
 from embreg.analysis.tables import main_runs
@@ -116,5 +116,6 @@ def summarize(an: Analysis) -> dict[str, Any]:
                    "references": references, "regime": regime, "resolution": resolution(an),
                    "studies": {name: study_summary(st) for name, st in an.studies.items()},
                    # the protocol's constants, so every number of the generated text is found here
-                   "protocol": {"alpha": ALPHA, "confidence": CONFIDENCE, "confidence_percent": round(CONFIDENCE * 100)}})
+                   "protocol": {"alpha": ALPHA, "borderline_se": BORDERLINE_SE, "confidence": CONFIDENCE,
+                                "confidence_percent": round(CONFIDENCE * 100)}})
 
