@@ -22,22 +22,36 @@ LAUNCHERS = ("local", "slurm")
 
 @dataclass(frozen=True)
 class LocalParams:
-    max_parallel: int = 2  # jobs at once on this machine; 0 = one per core
-    threads_per_job: int = 1  # torch threads in each job
+    """submitit_local on this machine. Unset (null): sized by embreg.sweep.resources from the
+    profile's device, so that a CPU profile runs as it always has (2 jobs at once, 1 thread
+    each) and a cuda one shares each visible GPU among ``jobs_per_gpu`` runs."""
+
+    max_parallel: int | None = None  # jobs at once; null: 2 (CPU), jobs_per_gpu x gpus (cuda); 0: one per core
+    threads_per_job: int | None = None  # torch threads per job; null: 1 (CPU), cores // jobs at once (cuda)
+    gpus: int = 0  # cuda profiles: the first `gpus` visible GPUs, one Hydra multirun each; 0: every visible one
+    jobs_per_gpu: int = 3  # cuda profiles: runs sharing one GPU at once (the benchmark's runs are small)
 
 
 @dataclass(frozen=True)
 class SlurmParams:
-    """submitit_slurm's settings for the sweep's job arrays (hydra.launcher.<key>)."""
+    """submitit_slurm's settings for the sweep's job arrays (hydra.launcher.<key>). Unset (null)
+    resources follow the profile's device (embreg.sweep.resources.slurm_resources): a CPU
+    profile asks for 0 GPUs, 1 CPU and 4 GB as it always has; a cuda one for one GPU per task
+    and ``cpus_per_gpu`` CPUs and ``mem_gb_per_gpu`` GB with each GPU."""
 
     partition: str | None = "debug"
     account: str | None = None
     qos: str | None = None
     nodes: int = 1
     tasks_per_node: int = 1  # > 1: one DDP process per task (e.g. one per GPU)
-    gpus_per_node: int = 0
-    cpus_per_task: int = 1
-    mem_gb: int = 4
+    gpus_per_node: int | None = None  # null: 0 (CPU profile), tasks_per_node (cuda: one GPU per rank)
+    cpus_per_task: int | None = None  # null: 1 (CPU), cpus_per_gpu x the task's GPUs (cuda); also torch's threads
+    mem_gb: int | None = None  # per node; null: 4 (CPU), mem_gb_per_gpu x gpus_per_node (cuda)
+    # a cuda profile's share of a GPU node per GPU: 8 CPUs and 32 GB fit the fair share of common
+    # GPU nodes (e.g. 8 GPUs with 64-128 cores and 512 GB-1 TB), so a job never holds back the
+    # node's other GPUs, and give the data loading and evaluation of one ResNet run room enough
+    cpus_per_gpu: int = 8
+    mem_gb_per_gpu: int = 32
     timeout_min: int = 60
     max_num_timeout: int = 3  # requeues after a time limit before a run counts as timed out
     constraint: str | None = None
@@ -83,10 +97,48 @@ def read_params_file(path: str | Path, sections: tuple[str, ...] | None = None) 
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
         raise ConfigError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-    found = params_problems(raw, str(path), sections or PARAMS_KEYS)
+    found = params_problems(_checked_keys(raw), str(path), sections or PARAMS_KEYS)
+    found += _launcher_problems(raw, str(path))
     if found:
         raise ConfigError("\n".join(found))
     return raw
+
+
+# The launcher keys embreg.checks.params_problems does not know (it is training code, whose every
+# edit retrains the sweep): checked here instead, in its words; key -> least allowed integer
+NEW_KEYS = {"local": {"gpus": 0, "jobs_per_gpu": 1},
+            "slurm": {"cpus_per_gpu": 1, "mem_gb_per_gpu": 1}}
+
+
+def _checked_keys(raw: Any) -> Any:
+    """``raw`` with only the launcher keys embreg.checks knows: the rest are checked here."""
+    if not isinstance(raw, dict):
+        return raw
+    out = dict(raw)
+    for section, cls in (("local", LocalParams), ("slurm", SlurmParams)):
+        sec = raw.get(section)
+        if isinstance(sec, dict):
+            valid = {f.name for f in dataclasses.fields(cls)} - set(NEW_KEYS[section])
+            out[section] = {k: v for k, v in sec.items() if k in valid}
+    return out
+
+
+def _launcher_problems(raw: Any, where: str) -> list[str]:
+    """The launcher sections' unknown keys (listing every valid one) and the keys of NEW_KEYS."""
+    from embreg.checks import _Collector, _unknown
+
+    if not isinstance(raw, dict):
+        return []
+    out, c = [], _Collector()
+    for section, cls in (("local", LocalParams), ("slurm", SlurmParams)):
+        sec = raw.get(section)
+        if not isinstance(sec, dict):
+            continue  # reported by params_problems
+        out += _unknown(f"{where}: {section}", sec, [f.name for f in dataclasses.fields(cls)])
+        for key, least in NEW_KEYS[section].items():
+            if key in sec:  # null too: these have no unset state
+                c.number(f"{section}.{key}", sec[key], least, integer=True)
+    return out + [f"{where}: {p}" for p in c.out]
 
 
 def load_params(path: str | Path = "params.yaml", site: str | Path | None = None) -> PipelineParams:

@@ -6,7 +6,6 @@ scheduler's verdict.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import secrets
 import signal
@@ -23,48 +22,9 @@ from embreg.attempt import attempt_dir, has_result
 from embreg.params import PipelineParams
 from embreg.rundir import FINISHED, IN_FLIGHT, State, run_dir, run_id, write_status
 from embreg.sweep import scheduler
+from embreg.sweep.commands import multirun_commands, multirun_lanes
 from embreg.sweep.plan import Job, Plan, observe_all, pending, states, unreadable, validate_plan
 from embreg.sweep.stopping import stop_groups
-
-
-def launcher_overrides(params: PipelineParams) -> tuple[list[str], int]:
-    """Hydra overrides that pick and configure the launcher, and the torch threads per job."""
-    if params.launcher == "slurm":
-        ov = ["hydra/launcher=slurm"]
-        for f in dataclasses.fields(params.slurm):
-            value = getattr(params.slurm, f.name)
-            if f.name == "additional_parameters":
-                ov += [f"+hydra.launcher.additional_parameters.{k}={v}" for k, v in value.items()]
-            elif value is not None:
-                ov.append(f"hydra.launcher.{f.name}={value}")
-        return ov, params.slurm.cpus_per_task
-    parallel = params.local.max_parallel or (os.cpu_count() or 1)
-    return ["hydra/launcher=local", f"hydra.sweeper.max_batch_size={parallel}"], params.local.threads_per_job
-
-
-def multirun_commands(plan: Plan, jobs: list[Job], params: PipelineParams) -> list[list[str]]:
-    """One Hydra multirun per group of jobs that share their swept key (arm x seed products;
-    a finished member of a product returns at once)."""
-    launcher, threads = launcher_overrides(params)
-    groups: dict[tuple, dict[str, set]] = {}
-    for j in jobs:
-        g = groups.setdefault((j.sweep_key, j.arm if j.sweep_key else None, j.extra),
-                              {"arm": set(), "seed": set(), "value": set()})
-        g["arm"].add(j.arm)
-        g["seed"].add(j.seed)
-        if j.sweep_key:
-            g["value"].add(j.sweep_value)
-    cmds = []
-    for (key, _, extra), g in groups.items():
-        cmd = [sys.executable, "-m", "embreg.train", "--multirun", f"profile={plan.profile}",
-               *params.overrides, f"paths.data={params.data_dir}",
-               f"runtime.threads={threads}", "runtime.progress=false", *launcher,
-               "objective=" + ",".join(a for a in dict.fromkeys(j.arm for j in jobs) if a in g["arm"]),
-               "seed=" + ",".join(str(s) for s in sorted(g["seed"]))]
-        if key:
-            cmd += [f"{key}=" + ",".join(str(v) for v in sorted(g["value"])), f"tag_keys=[{key}]", *extra]
-        cmds.append(cmd)
-    return cmds
 
 
 def watch(plan: Plan, stop: threading.Event, interval: float | None = None) -> None:
@@ -84,6 +44,34 @@ def watch(plan: Plan, stop: threading.Event, interval: float | None = None) -> N
                 break
 
 
+def _start(cmd: list[str], logf) -> subprocess.Popen:
+    """A multirun in its own process group (``stop_groups`` stops it and every job it started)."""
+    logf.write(f"\n$ {' '.join(cmd)}\n")
+    logf.flush()
+    return subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _run_lanes(lanes: list[list[list[str]]], logf, poll: float = 0.5) -> int:
+    """Each lane's multiruns one after another, the lanes side by side (on a cuda profile, one
+    per GPU); returns the worst exit code. Stopping the sweep stops every multirun running."""
+    todo = [list(lane) for lane in lanes]
+    running: dict[int, subprocess.Popen] = {}
+    codes = [0]
+    try:
+        while True:
+            for n, queue in enumerate(todo):
+                if n in running and running[n].poll() is not None:
+                    codes.append(running.pop(n).returncode)
+                if n not in running and queue:
+                    running[n] = _start(queue.pop(0), logf)
+            if not running:
+                return max(codes)
+            time.sleep(poll)
+    except BaseException:
+        stop_groups(list(running.values()))  # TERM, then KILL after a grace: no job outlives the sweep
+        raise
+
+
 def _run_groups(cmds: list[list[str]], logf, sweep: str | None = None, n_jobs: int = 0,
                 poll: float = 5.0) -> list[int]:
     """Run multiruns side by side, each in its own process group (so that stopping the sweep,
@@ -93,9 +81,7 @@ def _run_groups(cmds: list[list[str]], logf, sweep: str | None = None, n_jobs: i
     procs = []
     try:
         for cmd in cmds:
-            logf.write(f"\n$ {' '.join(cmd)}\n")
-            logf.flush()
-            procs.append(subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True))
+            procs.append(_start(cmd, logf))
         if sweep:
             return _await_multiruns(procs, sweep, n_jobs, poll)
         return [p.wait() for p in procs]
@@ -184,7 +170,7 @@ def reconcile(plan: Plan, sweep: str) -> dict[Job, State]:
 def launch(plan: Plan, params: PipelineParams, log: Path, poll: float = 5.0) -> int:
     """Run the pending jobs as Hydra multiruns through the chosen launcher (this machine, or
     SLURM job arrays); returns the worst exit code."""
-    validate_plan(plan)  # every run, before any is launched
+    validate_plan(plan, params)  # every run and the launcher, before any is launched
     for line in unreadable(plan):
         print(line, file=sys.stderr)
     todo = pending(plan)
@@ -194,13 +180,14 @@ def launch(plan: Plan, params: PipelineParams, log: Path, poll: float = 5.0) -> 
     print(f"{len(todo)} of {len(plan.jobs)} runs to train ({len(plan.jobs) - len(todo)} up to date)")
     stop = threading.Event()
     watcher = threading.Thread(target=watch, args=(plan, stop), daemon=True)
-    cmds = multirun_commands(plan, todo, params)
     log.parent.mkdir(parents=True, exist_ok=True)
     try:
         with open(log, "a") as logf:
             if params.launcher != "slurm":
+                lanes = multirun_lanes(plan, todo, params)
                 watcher.start()
-                return max(_run_groups([cmd], logf)[0] for cmd in cmds)  # one after another
+                return _run_lanes(lanes, logf)  # a lane's multiruns one after another
+            cmds = multirun_commands(plan, todo, params)
             sweep = f"embreg-{plan.profile}-{secrets.token_hex(4)}"
             _mark_queued(plan, todo, sweep)
             watcher.start()

@@ -8,6 +8,7 @@ launched again.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from embreg.io import write_json
 from embreg.params import PipelineParams, compose_run, group_options
 from embreg.registry import check_choice
 from embreg.rundir import Observed, State, observe, run_dir, run_id
+from embreg.sweep.resources import device_type, launcher_problems
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class Plan:
     ablations: dict[str, AblationConfig]
     jobs: list[Job] = field(default_factory=list)
     configs: dict[Job, RunConfig] = field(default_factory=dict)
+    params: PipelineParams | None = None  # what made it: its launcher is checked with the runs
 
     def run_ids(self) -> dict[Job, str]:
         return {j: run_id(c) for j, c in self.configs.items()}
@@ -80,27 +83,43 @@ def make_plan(params: PipelineParams, ablations: list[str] | None = None) -> Pla
     abls = load_ablations(params, ablations)
     # keep order, drop duplicates: a run shared by two ablations is trained once
     jobs = list(dict.fromkeys(job for abl in abls.values() for job in ablation_jobs(abl)))
-    plan = Plan(params.profile, abls, jobs)
+    plan = Plan(params.profile, abls, jobs, params=params)
     base = [*params.overrides, f"paths.data={params.data_dir}"]
     for job in jobs:
         plan.configs[job] = compose_run(params.profile, [*base, *job.overrides()])
     return plan
 
 
-def validate_plan(plan: Plan) -> None:
-    """Every run of the plan checked before any is launched (or any result deleted): one
-    ConfigError listing each bad run on its own line, with every problem it has. The data-aware
-    rule (a batch that fits the training split) reads the prepared split once per dataset."""
+def plan_device(plan: Plan, jobs: list[Job] | None = None) -> str:
+    """The device type the plan's runs (or ``jobs``) train on: cuda when any does (they need GPUs)."""
+    types = {device_type(plan.configs[job].profile.device) for job in (plan.jobs if jobs is None else jobs)}
+    return "cuda" if "cuda" in types else "cpu"
+
+
+def validate_plan(plan: Plan, params: PipelineParams | None = None) -> None:
+    """Every run of the plan, and the launcher settings (``params``, default: those that made
+    the plan) for the runs it will train, checked before any is launched (or any result
+    deleted): one ConfigError, one line per launcher setting that cannot run them
+    (embreg.sweep.resources) and per bad run, with every problem it has. The data-aware rule (a
+    batch that fits the training split) reads the prepared split once per dataset."""
     from embreg.checks import ConfigError, data_problems, problems
 
+    params = params or plan.params
+    launcher = []
+    if params is not None:
+        # the runs the launcher gets: the pending ones (a finished cuda sweep re-run on a machine
+        # without a GPU launches nothing), every one when the stage retrains all (EMBREG_RETRAIN)
+        todo = plan.jobs if os.environ.get("EMBREG_RETRAIN") == "1" else pending(plan)
+        launcher = launcher_problems(params, plan_device(plan, todo)) if todo else []
     bad = []
     for cfg in plan.configs.values():
         found = problems(cfg) or data_problems(cfg)
         if found:
             bad.append(f"run {run_id(cfg)} seed{cfg.seed}: " + "; ".join(found))
     if bad:
-        raise ConfigError(f"{len(bad)} of {len(plan.jobs)} runs have an invalid config; nothing was launched:\n"
-                          + "\n".join(bad))
+        launcher.append(f"{len(bad)} of {len(plan.jobs)} runs have an invalid config; nothing was launched:")
+    if launcher:
+        raise ConfigError("\n".join(launcher + bad))
 
 
 def unreadable(plan: Plan) -> list[str]:
