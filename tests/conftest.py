@@ -1,5 +1,11 @@
 """Shared fixtures: small Fashion-MNIST files written in the real idx format (gzipped, as
-Debian's dataset-fashion-mnist ships them), and composed run configs for them."""
+Debian's dataset-fashion-mnist ships them), and composed run configs for them.
+
+Opt-in: EMBREG_TEST_THREADS=N sets torch.set_num_threads(N) in the pytest process at session
+start (unset: torch's default). Floating-point results whose summation order depends on the
+thread count (BLAS, LAPACK, reductions) must pass under any N; run the fast suite under 1 and 2
+(and under OMP_NUM_THREADS=1, which also reaches subprocesses) to check.
+A run whose config sets runtime.threads > 0 still sets its own count."""
 
 from __future__ import annotations
 
@@ -20,6 +26,13 @@ import yaml
 from embreg.data.fashion_mnist import FMNIST_FILES
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_sessionstart(session) -> None:
+    if os.environ.get("EMBREG_TEST_THREADS"):  # see the module docstring
+        import torch
+
+        torch.set_num_threads(int(os.environ["EMBREG_TEST_THREADS"]))
 
 
 def _idx_images(images: np.ndarray) -> bytes:

@@ -397,11 +397,40 @@ def decorrelated(b: int, d: int, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(q * np.linspace(0.5, 4.0, d) + np.arange(d))  # shift: covariance ignores it
 
 
-@pytest.mark.parametrize(("b", "d"), [(8, 4), (32, 16), (65, 64), (100, 10)])
+def covariance_floor(z: torch.Tensor) -> float:
+    """The largest |covariance(z)| that is float64 rounding when the true value is 0."""
+    c = np.cov(z.numpy(), rowvar=False)
+    # covariance() is sum(C^2) - sum(diag(C)^2) (then / d): two sums of ~||C||_F^2 that cancel,
+    # each off by a few eps * ||C||_F^2 in a BLAS/CPU/thread-dependent order (<= 3.3 eps over
+    # random orders, 0.9 seen); 64 eps is a margin, yet <= 1.2e-5 of what a 1e-4 correlation gives
+    return 64 * np.finfo(np.float64).eps * float((c**2).sum()) / z.shape[1]
+
+
+DECORRELATED = [(8, 4), (32, 16), (65, 64), (100, 10)]
+
+
+@pytest.mark.parametrize(("b", "d"), DECORRELATED)
 def test_covariance_zero_for_decorrelated_columns(b, d):
     z = decorrelated(b, d)
-    assert as_float(R.covariance(z)) == pytest.approx(0.0, abs=1e-20)
-    assert as_float(R.covariance_term(z, z)) == pytest.approx(0.0, abs=1e-20)
+    tol = covariance_floor(z)
+    assert as_float(R.covariance(z)) == pytest.approx(0.0, abs=tol)
+    assert as_float(R.covariance_term(z, z)) == pytest.approx(0.0, abs=2 * tol)
+
+
+@pytest.mark.parametrize(("b", "d"), DECORRELATED)
+def test_covariance_of_one_correlated_pair_is_not_zero(b, d):
+    """The criterion above has power: correlating the two widest columns by t = 1e-4 (C_ab =
+    t C_aa, every other off-diagonal still 0) gives 2 (t C_aa)^2 / d, far outside the floor."""
+    t = 1e-4
+    z = decorrelated(b, d)
+    z[:, -1] += t * z[:, -2]
+    c_aa = float(np.cov(z[:, -2].numpy()))
+    expected = 2 * (t * c_aa) ** 2 / d
+    got = as_float(R.covariance(z))
+    assert got != pytest.approx(0.0, abs=covariance_floor(z))
+    assert got > 1000 * covariance_floor(z)
+    assert got == pytest.approx(expected, rel=1e-6)
+    assert as_float(R.covariance_term(z, z)) != pytest.approx(0.0, abs=2 * covariance_floor(z))
 
 
 def test_covariance_hadamard_columns():
@@ -409,6 +438,7 @@ def test_covariance_hadamard_columns():
     for _ in range(3):
         h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
     z = h[:, 1:]  # 8 x 7, centered, orthogonal
+    # exact in any order: integer Gram entries, and every bracketing of 7 equal squares agrees
     assert as_float(R.covariance(z)) == 0.0
 
 
