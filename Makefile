@@ -8,7 +8,7 @@ MIRROR := /usr/share/datasets/fashion-mnist
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install data-source repro robustness test lint slurm-up slurm-down bench
+.PHONY: install data-source repro robustness test lint slurm-up slurm-down bench gpu-wheels gpu-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -52,6 +52,33 @@ slurm-down:
 # Speed benchmarks (SVMax, VICReg terms, pretraining throughput): results/bench/{bench.json,BENCH.md}
 bench: install
 	$(PY) -m embreg.bench
+
+# A GPU machine without network (../shared/GPU.md): `make gpu-wheels` here puts what it lacks in
+# gpu_bundle/ (git-ignored): the wheels for its Python 3.12 (antlr4 is published as a source
+# archive only: built here, pure Python) and the Fashion-MNIST raw files. There, `make gpu-check`
+# (or python3 pipelines/gpu_check.py) installs them offline and runs the check's parts, each
+# under its own time limit, into $(GPU_OUT)/gpu_check.json.
+GPU_BUNDLE := gpu_bundle
+GPU_OUT ?= $(if $(OUT),$(OUT),$(GPU_BUNDLE)/out)
+# the versions `make install` resolves here (omegaconf is not pinned by pyproject.toml: the venv's);
+# cloudpickle: submitit's own dependency
+GPU_WHEELS := hydra-core==1.3.8 omegaconf==2.3.1 submitit==1.5.4 hydra-submitit-launcher==1.2.0 \
+	tabulate==0.10.0 cloudpickle==3.1.3
+GPU_SDISTS := antlr4-python3-runtime==4.9.3
+
+gpu-wheels: install
+	rm -rf $(GPU_BUNDLE)/wheels $(GPU_BUNDLE)/fashion-mnist
+	mkdir -p $(GPU_BUNDLE)/wheels $(GPU_BUNDLE)/fashion-mnist
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+	  --platform manylinux2014_x86_64 -d $(GPU_BUNDLE)/wheels $(GPU_WHEELS)
+	$(PY) -m pip wheel -q --no-deps -w $(GPU_BUNDLE)/wheels $(GPU_SDISTS)
+	ls $(GPU_BUNDLE)/wheels/antlr4_python3_runtime-*-py3-none-any.whl >/dev/null  # pure Python: any 3.x
+	cp $(MIRROR)/*-ubyte.gz $(GPU_BUNDLE)/fashion-mnist/
+	@size=$$(du -sm $(GPU_BUNDLE)/wheels $(GPU_BUNDLE)/fashion-mnist | awk '{s += $$1} END {print s}'); \
+	  echo "gpu_bundle: $$size MiB (a device call carries 64 MiB at most)"; test $$size -lt 48
+
+gpu-check:
+	python3 pipelines/gpu_check.py --out $(GPU_OUT)/gpu_check.json
 
 lint: install
 	$(VENV)/bin/ruff check src tests pipelines

@@ -1,8 +1,11 @@
 """`embreg bench` (``python -m embreg.bench``): speed benchmarks, outside the training core
-(nothing in the library imports it). ``run`` orchestrates; ``timing``, ``terms``, ``training``
-and ``report`` hold the measurements and BENCH.md."""
+(nothing in the library imports it). ``run`` orchestrates; ``steps`` builds the two steps every
+part times (the library's, the bare reference); ``timing``, ``terms``, ``training``, ``mfu`` and
+``gpu`` hold the measurements, ``targets`` the targets and ``report`` BENCH.md."""
 
-from embreg.bench.run import AGREEMENT_TOL, QUICK_SIZES, main, run_bench
-from embreg.bench.training import gpu_setting
+from embreg.bench.gpu import gpu_setting
+from embreg.bench.run import main, run_bench
+from embreg.bench.targets import AGREEMENT_TOL
+from embreg.bench.terms import QUICK_SIZES
 
 __all__ = ["AGREEMENT_TOL", "QUICK_SIZES", "gpu_setting", "main", "run_bench"]
