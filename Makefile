@@ -8,7 +8,7 @@ MIRROR := /usr/share/datasets/fashion-mnist
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install data-source repro robustness test lint slurm-up slurm-down bench gpu-wheels gpu-check
+.PHONY: install data-source repro robustness gpu-repro test lint slurm-up slurm-down bench gpu-wheels gpu-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -34,6 +34,13 @@ repro: install data-source
 # The robustness studies (learning rate, batch size): conf/profile/robustness.yaml -> results/robustness
 robustness: install data-source
 	$(if $(FORCE),EMBREG_RETRAIN=1 dvc repro --force robustness_analyze,dvc repro robustness_analyze)
+
+# The default's grid on a CUDA machine (conf/profile/fmnist_gpu.yaml -> results/fmnist_gpu): the
+# sweep and the analysis of that profile, several runs sharing each GPU (params.yaml: local)
+gpu-repro: install data-source
+	dvc repro prepare
+	python pipelines/sweep.py --profile fmnist_gpu
+	python pipelines/analyze.py --profile fmnist_gpu
 
 # The `slurm` tests run against the project's single-node SLURM cluster, started here when
 # this user can (root: it installs Debian's packages and starts the daemons).

@@ -65,7 +65,7 @@ def compute(obj: ObjectiveConfig, info: DistInfo, sync: str) -> Result:
     if sync == "average_gradients":
         average_gradients(net)
     grads = {name: p.grad.detach().clone() for name, p in net.named_parameters()}
-    return {"loss": loss.item(), "terms": terms, "grads": grads}
+    return {"loss": loss.item(), "terms": {k: float(v) for k, v in terms.items()}, "grads": grads}
 
 
 def compute_all(objectives: dict[str, ObjectiveConfig], info: DistInfo) -> dict[tuple[str, str], Result]:

@@ -124,6 +124,15 @@ def torchrun_rank(rank: int, world_size: int, port: int, task, out_dir: Path) ->
         shutdown()
 
 
+def _two_steps_read(info: DistInfo) -> tuple[dict, list]:
+    from embreg.steplog import TermLog
+
+    log = TermLog()
+    log.add({"a": torch.tensor(float(info.rank)), "b": torch.tensor(2.0 * info.rank)})
+    log.add({"a": torch.tensor(info.rank + 1.0)})  # b logged every other step only
+    return log.read(info, [float(info.rank == 1), 0.0])
+
+
 def helpers_task(info: DistInfo) -> dict[str, Any]:
     D.barrier()
     grad = torch.nn.Linear(1, 1, bias=False)
@@ -132,7 +141,7 @@ def helpers_task(info: DistInfo) -> dict[str, Any]:
     return {
         "info": info,
         "again": D.init_from_env("cpu"),  # a group that exists is kept
-        "means": D.mean_over_ranks({"a": float(info.rank), "b": 2.0 * info.rank}),
+        "read": _two_steps_read(info),
         "grad": grad.weight.grad.item(),
     }
 
@@ -144,7 +153,9 @@ def test_init_from_env_and_helpers_on_two_ranks(tmp_path):
         assert out["info"] == out["again"] == DistInfo(rank=r, world_size=WORLD, local_rank=r)
         assert out["info"].is_main == (r == 0)
         assert out["grad"] == mean
-        assert out["means"] == {"a": mean, "b": 2 * mean}
+        # the logged terms' means over ranks, in step order; flags summed (rank 1 got a signal)
+        values, flags = out["read"]
+        assert values == {"a": [mean, mean + 1.0], "b": [2 * mean]} and flags == [1.0, 0.0]
 
 
 def test_single_process_is_the_identity(monkeypatch):
@@ -155,10 +166,58 @@ def test_single_process_is_the_identity(monkeypatch):
     assert not D.is_distributed()
     x = torch.arange(6.0).reshape(3, 2)
     assert D.gather_with_grad(x) is x
-    assert D.mean_over_ranks({"a": 1.0}) == {"a": 1.0}
     lin = torch.nn.Linear(2, 1)
     lin.weight.grad = torch.ones(1, 2)
     D.average_gradients(lin)
     assert torch.equal(lin.weight.grad, torch.ones(1, 2))
     D.barrier()
     shutdown()
+
+
+# ------------------------------------------------------------------ pretraining's signal agreement
+def signal_task(cfg, ckpt: Path, info: DistInfo) -> dict[str, Any]:
+    """Pretrain on this rank; rank 1 alone receives USR2 after its third step. Every rank's
+    previous USR2 handler records the step at which it is called, then exits as submitit's does."""
+    import signal
+
+    import embreg.pretrain as P
+    from embreg.data import load_split
+    from embreg.models import build_model
+
+    real_step, steps, received = P.train_step, [], []
+
+    def step(*args, **kwargs):
+        out = real_step(*args, **kwargs)
+        steps.append(1)
+        if info.rank == 1 and len(steps) == 3:
+            os.kill(os.getpid(), signal.SIGUSR2)
+        return out
+
+    def previous(signum, frame):
+        received.append((signum, len(steps)))
+        raise SystemExit(0)
+
+    P.train_step = step
+    signal.signal(signal.SIGUSR2, previous)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.backbone, cfg.dataset.in_channels, cfg.dataset.num_classes)
+    train = load_split(cfg.paths.data, "fashion_mnist", train=True)
+    try:
+        P.pretrain(cfg, model, train, ckpt, progress=False, dist=info)
+    except SystemExit:
+        pass
+    return {"received": received, "steps": len(steps)}
+
+
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(smoke_cfg, tmp_path):
+    """The ranks agree where they read their logged terms (every log_every steps): the signalled
+    rank does not stop alone while the other waits in a collective; both checkpoint, then both
+    hand the signal to their previous handler, at the same step."""
+    import signal
+
+    cfg = smoke_cfg("objective=vicreg", "pretrain.epochs=4", "pretrain.steps_per_epoch=4", "runtime.log_every=2",
+                    "runtime.checkpoint_every_s=1e9", "optim.batch_size=16")
+    ranks = spawn(spawned_rank, partial(signal_task, cfg, tmp_path / "c.pt"), tmp_path)
+    assert [r["received"] for r in ranks] == [[(signal.SIGUSR2, 4)]] * WORLD
+    assert [r["steps"] for r in ranks] == [4, 4]
+    assert torch.load(tmp_path / "c.pt", weights_only=False)["step"] == 4  # rank 0's checkpoint

@@ -11,8 +11,7 @@ import torch
 
 from embreg.data import class_indices, class_split, load_split
 from embreg.metrics import recall_at_k
-from embreg.objective import metric_loss
-from embreg.regularizers import contrastive
+from embreg.objective import contrastive, metric_loss
 from embreg.run import pretraining_split, run_one
 from embreg.rundir import run_dir
 
@@ -56,9 +55,11 @@ def test_metric_loss_adds_svmax_only_when_asked(smoke_cfg):
     z, y = torch.randn(8, 16, requires_grad=True), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
     plain = smoke_cfg("objective=contrastive").objective
     total, logged = metric_loss(z, y, plain)
+    logged = {k: float(v) for k, v in logged.items()}
     assert logged["loss"] == pytest.approx(logged["contrastive"]) and 0 < logged["svmax"] < 1
     with_sv = smoke_cfg("objective=contrastive_svmax", "objective.svmax=2.0").objective
     total, logged = metric_loss(z, y, with_sv)
+    logged = {k: float(v) for k, v in logged.items()}
     assert logged["loss"] == pytest.approx(logged["contrastive"] + 2 * logged["svmax"], rel=1e-6)
     total.backward()
     assert z.grad is not None and torch.isfinite(z.grad).all()

@@ -234,7 +234,7 @@ def test_gram_spectrum_matches_svd(shape, case):
 
 def test_collapse_report_shares_one_decomposition():
     """evaluate.collapse_report gives what the two public functions give on their own."""
-    from embreg.evaluate import collapse_report
+    from embreg.metrics import collapse_report
 
     feats = {"a": gaussian(50, 20, seed=13), "b": CASES["low_rank"](30, 60)}
     metrics, spectra = collapse_report(feats, 5)

@@ -20,6 +20,15 @@ REGS = ("variance", "covariance", "svmax")
 BASE = {"variance": 25.0, "covariance": 1.0, "svmax": 0.5}
 
 
+def ssl_loss(*args, **kwargs) -> tuple[torch.Tensor, dict[str, float]]:
+    """``O.ssl_loss`` with its logged terms read as floats, after checking they are what the
+    training loop expects: detached 0-d tensors on the embedding's device (read every few steps)."""
+    total, logged = O.ssl_loss(*args, **kwargs)
+    for v in logged.values():
+        assert isinstance(v, torch.Tensor) and v.dim() == 0 and not v.requires_grad and v.device == total.device
+    return total, {k: float(v) for k, v in logged.items()}
+
+
 def config(**overrides) -> ObjectiveConfig:
     obj = ObjectiveConfig(**{**BASE, **overrides})
     obj.validate()
@@ -97,15 +106,14 @@ def test_last_layer_total_is_weighted_sum(space, coeffs):
     obj.validate()
     z1, z2 = views()
     t1, t2 = taps()
-    total, logged = O.ssl_loss(z1, z2, t1, t2, obj)
+    total, logged = ssl_loss(z1, z2, t1, t2, obj)
     inv = expected_invariance(z1, z2, space)
     terms = expected_terms(z1, z2, obj)
     expected = inv_c * inv + var_c * terms["variance"] + cov_c * terms["covariance"] + svm_c * terms["svmax"]
     assert total.dim() == 0
     assert float(total.detach()) == pytest.approx(expected, rel=1e-10)
-    # every term is logged (also those with coefficient 0), all as plain floats
+    # every term is logged (also those with coefficient 0)
     assert set(logged) == {"invariance", *REGS, "loss"}
-    assert all(isinstance(v, float) for v in logged.values())
     assert logged["invariance"] == pytest.approx(inv, rel=1e-10)
     for name in REGS:
         assert logged[name] == pytest.approx(terms[name], rel=1e-10)
@@ -115,7 +123,7 @@ def test_last_layer_total_is_weighted_sum(space, coeffs):
 def test_default_raw_objective_is_vicreg():
     obj = ObjectiveConfig()
     z1, z2 = views(seed=3)
-    total, _ = O.ssl_loss(z1, z2, {}, {}, obj)
+    total, _ = ssl_loss(z1, z2, {}, {}, obj)
     assert float(total.detach()) == pytest.approx(float(vicreg_loss(z1, z2)), rel=1e-12)
 
 
@@ -125,7 +133,7 @@ def test_default_raw_objective_is_vicreg():
 def test_options_are_passed_through(gamma, halve, form):
     obj = ObjectiveConfig(gamma=gamma, var_halve=halve, svmax_form=form, svmax=1.0, var_eps=1e-3)
     z1, z2 = views(seed=4)
-    _, logged = O.ssl_loss(z1, z2, {}, {}, obj)
+    _, logged = ssl_loss(z1, z2, {}, {}, obj)
     v = R.variance(z1, gamma, 1e-3) + R.variance(z2, gamma, 1e-3)
     assert logged["variance"] == pytest.approx(float(v / 2 if halve else v), rel=1e-10)
     svm = (R.svmax_loss(z1, form) + R.svmax_loss(z2, form)) / 2
@@ -136,8 +144,8 @@ def test_last_layer_ignores_taps():
     obj = ObjectiveConfig(svmax=1.0, layers="last")
     z1, z2 = views(seed=5, grad=True)
     t1, t2 = taps(grad=True)
-    total, logged = O.ssl_loss(z1, z2, t1, t2, obj)
-    total_no_taps, _ = O.ssl_loss(z1, z2, {}, {}, obj)
+    total, logged = ssl_loss(z1, z2, t1, t2, obj)
+    total_no_taps, _ = ssl_loss(z1, z2, {}, {}, obj)
     assert float(total.detach()) == float(total_no_taps.detach())
     assert not any(k.endswith("_stages") for k in logged)
     total.backward()
@@ -165,7 +173,7 @@ def test_zero_coefficient_contributes_nothing(layers, zero):
     obj = config(layers=layers, **{zero: 0.0})
     z1, z2 = views(seed=7, grad=True)
     t1, t2 = taps(grad=True)
-    total, logged = O.ssl_loss(z1, z2, t1, t2, obj)
+    total, logged = ssl_loss(z1, z2, t1, t2, obj)
     assert logged[zero] != 0.0  # it is logged, yet not in the total
     stages = (lambda n: logged[f"{n}_stages"]) if layers == "all" else (lambda n: 0.0)
     expected = 25.0 * logged["invariance"] + sum(BASE[n] * (logged[n] + stages(n)) for n in REGS if n != zero)
@@ -196,8 +204,8 @@ def test_zero_coefficient_contributes_nothing(layers, zero):
 def test_zero_term_absent_from_autograd_graph(zero, marker):
     on, off = config(), config(**{zero: 0.0})
     z1, z2 = views(seed=8, grad=True)
-    total_on, _ = O.ssl_loss(z1, z2, {}, {}, on)
-    total_off, _ = O.ssl_loss(z1, z2, {}, {}, off)
+    total_on, _ = ssl_loss(z1, z2, {}, {}, on)
+    total_off, _ = ssl_loss(z1, z2, {}, {}, off)
     assert marker in graph_nodes(total_on)
     assert marker not in graph_nodes(total_off)
 
@@ -205,7 +213,7 @@ def test_zero_term_absent_from_autograd_graph(zero, marker):
 def test_zero_invariance_coefficient_gives_zero_invariance_gradient():
     obj = ObjectiveConfig(invariance=0.0, variance=0.0, covariance=0.0, svmax=0.0)
     z1, z2 = views(seed=9, grad=True)
-    total, logged = O.ssl_loss(z1, z2, {}, {}, obj)
+    total, logged = ssl_loss(z1, z2, {}, {}, obj)
     assert float(total.detach()) == 0.0
     assert logged["invariance"] > 0.0
     total.backward()
@@ -220,7 +228,7 @@ def test_all_layers_adds_weighted_stage_sums(space, layer_weight):
     obj = ObjectiveConfig(space=space, layers="all", layer_weight=layer_weight, **coeffs)
     z1, z2 = views(seed=11)
     t1, t2 = taps()
-    total, logged = O.ssl_loss(z1, z2, t1, t2, obj)
+    total, logged = ssl_loss(z1, z2, t1, t2, obj)
 
     final = expected_terms(z1, z2, obj)
     stages = [expected_terms(t1[n], t2[n], obj) for n in TAP_WIDTHS]
@@ -244,8 +252,8 @@ def test_all_layers_sum_not_average():
     z1, z2 = views(seed=12)
     t1 = {"a": z1.clone(), "b": z1.clone()}
     t2 = {"a": z2.clone(), "b": z2.clone()}
-    total_all, logged = O.ssl_loss(z1, z2, t1, t2, obj_all)
-    total_last, _ = O.ssl_loss(z1, z2, t1, t2, obj_last)
+    total_all, logged = ssl_loss(z1, z2, t1, t2, obj_all)
+    total_last, _ = ssl_loss(z1, z2, t1, t2, obj_last)
     regs = sum(getattr(obj_all, n) * logged[n] for n in REGS)
     assert float(total_all.detach()) == pytest.approx(float(total_last.detach()) + 2 * regs, rel=1e-12)
     for name in REGS:
@@ -254,8 +262,8 @@ def test_all_layers_sum_not_average():
 
 def test_all_layers_without_taps_equals_last():
     z1, z2 = views(seed=13)
-    total_all, logged = O.ssl_loss(z1, z2, {}, {}, ObjectiveConfig(layers="all", svmax=0.3))
-    total_last, _ = O.ssl_loss(z1, z2, {}, {}, ObjectiveConfig(layers="last", svmax=0.3))
+    total_all, logged = ssl_loss(z1, z2, {}, {}, ObjectiveConfig(layers="all", svmax=0.3))
+    total_last, _ = ssl_loss(z1, z2, {}, {}, ObjectiveConfig(layers="last", svmax=0.3))
     assert float(total_all.detach()) == pytest.approx(float(total_last.detach()), rel=1e-12)
     assert all(logged[f"{n}_stages"] == 0.0 for n in REGS)
 
@@ -316,7 +324,7 @@ def test_all_layers_gradient_reaches_taps():
     obj = ObjectiveConfig(layers="all", svmax=1.0)
     z1, z2 = views(seed=14, grad=True)
     t1, t2 = taps(grad=True)
-    total, _ = O.ssl_loss(z1, z2, t1, t2, obj)
+    total, _ = ssl_loss(z1, z2, t1, t2, obj)
     total.backward()
     for t in [z1, z2, *t1.values(), *t2.values()]:
         assert t.grad is not None
@@ -379,7 +387,21 @@ def test_l2_space_variance_sees_scaled_sphere():
     """In l2 space the raw scale of z does not matter to any term."""
     obj = ObjectiveConfig(space="l2", svmax=1.0)
     z1, z2 = views(seed=36)
-    _, small = O.ssl_loss(z1, z2, {}, {}, obj)
-    _, big = O.ssl_loss(100.0 * z1, 100.0 * z2, {}, {}, obj)
+    _, small = ssl_loss(z1, z2, {}, {}, obj)
+    _, big = ssl_loss(100.0 * z1, 100.0 * z2, {}, {}, obj)
     for key in ("invariance", *REGS, "loss"):
         assert big[key] == pytest.approx(small[key], rel=1e-9)
+
+
+@pytest.mark.parametrize("layers", ["last", "all"])
+def test_without_monitor_only_the_trained_terms_are_computed(layers):
+    """``monitor=False`` (a step between ``pretrain.monitor_every``): the terms the arm does not
+    train with are neither computed nor logged; the loss and what is logged of it are unchanged."""
+    obj = ObjectiveConfig(space="l2", variance=0.0, covariance=0.0, svmax=1.0, layers=layers)
+    z1, z2 = views()
+    t1, t2 = taps()
+    total, logged = ssl_loss(z1, z2, t1, t2, obj)
+    lean_total, lean = ssl_loss(z1, z2, t1, t2, obj, monitor=False)
+    trained = {"invariance", "svmax", "loss"} | ({"svmax_stages"} if layers == "all" else set())
+    assert set(lean) == trained and set(logged) > trained
+    assert float(lean_total) == float(total) and all(lean[k] == logged[k] for k in trained)

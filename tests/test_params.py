@@ -53,9 +53,9 @@ def test_the_gpu_keys_load_and_unset_ones_stay_unset(tmp_path):
     ({"local": {"jobs_per_gpus": 2}}, "local: unknown key 'jobs_per_gpus' (did you mean 'jobs_per_gpu'?); valid: "
                                       "max_parallel, threads_per_job, gpus, jobs_per_gpu"),
     ({"slurm": {"cpu_per_gpu": 2}}, "slurm: unknown key 'cpu_per_gpu' (did you mean 'cpus_per_gpu'?); valid: "
-                                    "partition, account, qos, nodes, tasks_per_node, gpus_per_node, cpus_per_task, "
-                                    "mem_gb, cpus_per_gpu, mem_gb_per_gpu, timeout_min, max_num_timeout, constraint, "
-                                    "array_parallelism, additional_parameters"),
+                                    "nodes, tasks_per_node, gpus_per_node, cpus_per_task, timeout_min, "
+                                    "max_num_timeout, array_parallelism, cpus_per_gpu, mem_gb_per_gpu, partition, "
+                                    "account, qos, constraint, mem_gb, additional_parameters"),
 ])
 def test_a_bad_gpu_key_is_one_line(tmp_path, section, message):
     from embreg.checks import ConfigError

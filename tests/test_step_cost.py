@@ -7,7 +7,8 @@ import torch
 
 from embreg.data import load_split
 from embreg.models import build_model
-from embreg.pretrain import cost_summary, pretrain
+from embreg.pretrain import pretrain
+from embreg.steplog import cost_summary
 
 
 def test_cost_summary_medians_skip_the_first_step() -> None:

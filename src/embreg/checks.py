@@ -1,8 +1,6 @@
-"""Complete validation of a run's config, before anything is written or deleted.
-
-``problems`` lists every violation at once, one line each (key, value, what is allowed); ``data_problems``
-the batch vs the training split. ``validate`` raises them as one ConfigError; the sweep checks its plan.
-"""
+"""Complete validation of a run's config, before anything is written or deleted: ``problems`` lists
+every violation at once, one line each (key, value, what is allowed); ``data_problems`` the batch vs
+the training split. ``validate`` raises them as one ConfigError; the sweep checks its plan."""
 
 from __future__ import annotations
 
@@ -21,8 +19,7 @@ DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
 
 
 class ConfigError(UnknownNameError):
-    """A config that must not run; the message has one line per problem. An UnknownNameError
-    (a ValueError) too, so that callers catching unknown names catch every config problem."""
+    """A config that must not run, one line per problem (an UnknownNameError: a ValueError too)."""
 
 
 def _num(v: Any) -> bool:
@@ -112,8 +109,9 @@ def problems(cfg: RunConfig) -> list[str]:
     c.number("optim.lars_eta", opt.lars_eta, 0, lo_open=True)
     if obj.kind in TRAINED_KINDS:  # random init and pixels train nothing on purpose
         c.number("pretrain.epochs", cfg.pretrain.epochs, 1, integer=True)
-    if cfg.pretrain.steps_per_epoch is not None:
-        c.number("pretrain.steps_per_epoch", cfg.pretrain.steps_per_epoch, 1, integer=True)
+    for key in ("steps_per_epoch", "monitor_every"):  # steps_per_epoch may be None: one pass
+        if getattr(cfg.pretrain, key) is not None:
+            c.number(f"pretrain.{key}", getattr(cfg.pretrain, key), 1, integer=True)
     c.choice("pretrain.precision", cfg.pretrain.precision, PRECISIONS)
     if ev.probe_train_size is not None:
         c.number("eval.probe_train_size", ev.probe_train_size, 1, integer=True)
@@ -134,6 +132,7 @@ def problems(cfg: RunConfig) -> list[str]:
     if not DEVICE.match(str(cfg.profile.device)):
         c.out.append(_bad("profile.device", cfg.profile.device, "must be cpu, cuda, cuda:<index> or mps"))
     c.number("runtime.threads", cfg.runtime.threads, 0, integer=True)
+    c.number("runtime.log_every", cfg.runtime.log_every, 1, integer=True)
     c.number("runtime.checkpoint_every_s", cfg.runtime.checkpoint_every_s, -math.inf)
     science = asdict(cfg)
     for key in cfg.tag_keys:
@@ -233,9 +232,10 @@ def _keys(dotted: str) -> list[str]:
 PARAMS_KEYS = ("profile", "dataset", "overrides", "data", "launcher", "local", "slurm")
 DATA_KEYS = ("dir", "mirrors", "mirror")
 LAUNCHERS = ("local", "slurm")  # also embreg.params.LAUNCHERS (params imports this module lazily)
-LOCAL_KEYS = {"max_parallel": 0, "threads_per_job": 1}  # key -> least allowed value (integers)
+LOCAL_KEYS = {"max_parallel": 0, "threads_per_job": 1, "gpus": 0, "jobs_per_gpu": 1}  # key -> least allowed
 SLURM_INTS = {"nodes": 1, "tasks_per_node": 1, "gpus_per_node": 0, "cpus_per_task": 1, "timeout_min": 1,
-              "max_num_timeout": 0, "array_parallelism": 1}
+              "max_num_timeout": 0, "array_parallelism": 1, "cpus_per_gpu": 1, "mem_gb_per_gpu": 1}
+NOT_NULL = ("gpus", "jobs_per_gpu", "cpus_per_gpu", "mem_gb_per_gpu")  # launcher keys without an unset state
 SLURM_OTHER = ("partition", "account", "qos", "constraint", "mem_gb", "additional_parameters")
 
 
@@ -278,7 +278,7 @@ def params_problems(raw: Any, where: str = "params.yaml", sections: tuple[str, .
             continue
         out += _unknown(f"{where}: {section}", sec, (*ints, *others))
         for key, least in ints.items():
-            if sec.get(key) is not None:
+            if key in sec and (sec[key] is not None or key in NOT_NULL):
                 c.number(f"{section}.{key}", sec[key], least, integer=True)
         if section == "slurm" and sec.get("mem_gb") is not None:
             c.number("slurm.mem_gb", sec["mem_gb"], 0, lo_open=True)

@@ -72,11 +72,9 @@ class ObjectiveConfig:
     covariance: float = 1.0
     svmax: float = 0.0
     layers: str = "last"  # last: final embedding only; all: also every stage's pooled output
-    # all: each stage's regularizers are added times this weight on top of the final embedding's
-    # (which keep their full coefficients); 1 = every layer regularized alike, like weight decay
+    # all: each stage's regularizers times this weight on top of the final embedding's (full) ones
     layer_weight: float = 1.0
-    # variance target std. In l2 space the terms see sqrt(d) * (unit rows), so gamma = 1 there
-    # is the hinge at 1/sqrt(d) on the sphere, divided by 1/sqrt(d): it spans [0, 1] like 1-score
+    # variance target std; in l2 space (sqrt(d) * unit rows) gamma = 1 is the hinge at 1/sqrt(d)
     gamma: float = 1.0
     var_eps: float = 1e-4
     var_halve: bool = True  # official code halves the variance term; the paper's Eq. 1 does not
@@ -118,6 +116,9 @@ class PretrainConfig:
     # fp32, or bf16: the network's forward under bf16 autocast (GPU profiles); the regularizers
     # always see float32 embeddings (SVMax's eigenproblem runs in float64)
     precision: str = "fp32"
+    # the terms an arm does not train with (logged only) are computed every this many steps, their
+    # epoch means over those: SVMax's eigensolver waits for a GPU, so GPU profiles space them out
+    monitor_every: int = 1
 
 
 @dataclass
@@ -150,8 +151,7 @@ class EvalConfig:
 class ProfileConfig:
     name: str = "default"
     seeds: list[int] = field(default_factory=lambda: [0, 1])
-    # seeds of the coefficient-sensitivity points (a profile short on compute may use fewer)
-    sweep_seeds: list[int] = field(default_factory=lambda: [0, 1])
+    sweep_seeds: list[int] = field(default_factory=lambda: [0, 1])  # the sensitivity points' seeds
     device: str = "cpu"
     # the references in every table: raw pixels (the streaming ImageNet profiles leave it out), random init, supervised
     baselines: list[str] = field(default_factory=lambda: ["pixels", "random_init", "supervised"])
@@ -168,10 +168,11 @@ class PathsConfig:
 
 @dataclass
 class RuntimeConfig:
-    threads: int = 0  # torch intra-op threads; 0 leaves torch's default
+    threads: int = 0  # torch intra-op threads; 0: one per core this process may run on (its affinity)
     progress: bool = True
-    # a checkpoint at least this often (and at every epoch end, and on USR2/TERM); 0: every step
-    checkpoint_every_s: float = 300.0
+    # logged terms stay on the device, read (a wait for a GPU) every this many steps, at epoch ends
+    log_every: int = 50
+    checkpoint_every_s: float = 300.0  # at least this often, at epoch ends and on USR2/TERM; 0: every step
 
 
 @dataclass
@@ -189,8 +190,7 @@ class AblationConfig:
     sweeps: list[dict[str, Any]] = field(default_factory=list)
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     sweep_seeds: list[int] = field(default_factory=lambda: [0, 1])
-    # sensitivity curves read linear top-1 and collapse metrics: skip fine-tuning there
-    sweep_overrides: list[str] = field(default_factory=lambda: ["eval.semi_supervised=false"])
+    sweep_overrides: list[str] = field(default_factory=lambda: ["eval.semi_supervised=false"])  # no fine-tuning
     # [arm, reference] run-id pairs the analysis tests (a sweep point's id: <arm>@<key's last part>=<value>)
     comparisons: list[list[str]] = field(default_factory=list)
     study: str = ""  # "" (an ablation) | learning_rate | batch_size: embreg.analysis.studies

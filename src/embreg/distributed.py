@@ -78,8 +78,13 @@ def init_from_env(device_type: str) -> DistInfo:
         return DistInfo()
     info = _group_info()
     if device_type == "cuda":
+        gpus = torch.cuda.device_count()
+        if gpus == 0:
+            raise RuntimeError(f"rank {info.rank} of a cuda run sees no GPU (CUDA_VISIBLE_DEVICES="
+                               f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')!r}): ask the launcher for one GPU "
+                               "per task (slurm.gpus_per_node = slurm.tasks_per_node)")
         # modulo: SLURM may already have restricted each task to its own GPU
-        torch.cuda.set_device(info.local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(info.local_rank % gpus)
     return info
 
 
@@ -128,14 +133,3 @@ def average_gradients(model: torch.nn.Module) -> None:
     flat /= tdist.get_world_size()
     for g, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
         g.copy_(part.view_as(g))
-
-
-def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
-    """Each value's mean over ranks in one collective (logged loss terms: each rank's
-    invariance is local); the identity without a process group."""
-    if not is_distributed():
-        return values
-    device = "cuda" if "nccl" in tdist.get_backend() else "cpu"
-    t = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
-    tdist.all_reduce(t)
-    return dict(zip(values, (t / tdist.get_world_size()).tolist(), strict=True))

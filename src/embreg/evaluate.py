@@ -28,12 +28,11 @@ from embreg.data import (
     Split,
     augment,
     batch_images,
-    class_indices,
-    class_split,
     read_index_file,
     subset_name,
 )
-from embreg.metrics import collapse_metrics, recall_at_k, row_singular_values, spectrum
+from embreg.data.augment import to_device
+from embreg.metrics import collapse_report, retrieval
 from embreg.models import EmbeddingModel, build_model
 from embreg.optim import cosine_schedule, set_lr
 
@@ -42,18 +41,19 @@ from embreg.optim import cosine_schedule, set_lr
 def extract(
     model: EmbeddingModel, split: Split, norm: Normalizer, batch_size: int, taps: bool = False
 ) -> dict[str, torch.Tensor]:
-    """Frozen features in eval mode: 'backbone' (n, f), 'projector' (n, d) and, with ``taps``,
-    each stage's pooled output 'layer1'..'layer3' (layer4 is the backbone output)."""
+    """Frozen features in eval mode, float32 on the model's device (evaluation stays there):
+    'backbone' (n, f), 'projector' (n, d) and, with ``taps``, each stage's pooled output
+    'layer1'..'layer3' (layer4 is the backbone output)."""
     model.eval()
     device = next(model.parameters()).device
     chunks: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(split), batch_size):
-        x = norm(split.images[start : start + batch_size].to(device))
+        x = norm(to_device(split.images[start : start + batch_size], device))
         z, feats = model(x, taps=taps)
         out = {"backbone": feats.backbone, "projector": z}
         out.update({k: v for k, v in feats.taps.items() if k != "layer4"})
         for k, v in out.items():
-            chunks.setdefault(k, []).append(v.float().cpu())
+            chunks.setdefault(k, []).append(v.float())
     return {k: torch.cat(v) for k, v in chunks.items()}
 
 
@@ -67,14 +67,15 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...
 def train_head(
     opt: torch.optim.Optimizer, lrs: list[float], stream: IndexStream, batch_size: int, gen: torch.Generator,
     loss_of: Callable[[torch.Tensor], torch.Tensor], scales: list[float] | None = None,
-    progress: bool = False, desc: str = "",
+    progress: bool = False, desc: str = "", device: torch.device | None = None,
 ) -> None:
     """The one SGD loop of the evaluations: ``len(lrs)`` steps, each on the next batch of
-    ``stream`` (indices drawn from ``gen``), at learning rate ``lrs[step]`` (times each param
-    group's ``scales``). ``loss_of(idx)`` builds the batch (drawing any augmentation from
-    ``gen`` after the indices) and returns its loss."""
+    ``stream`` (indices drawn from ``gen``; on ``device`` when given), at learning rate
+    ``lrs[step]`` (times each param group's ``scales``). ``loss_of(idx)`` builds the batch
+    (drawing any augmentation from ``gen`` after the indices) and returns its loss."""
     for step in tqdm(range(len(lrs)), desc=desc, disable=not progress, leave=False):
-        loss = loss_of(stream.next(batch_size, gen))
+        idx = stream.next(batch_size, gen)
+        loss = loss_of(idx if device is None else to_device(idx, device))
         set_lr(opt, lrs[step], scales)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -95,18 +96,21 @@ def linear_probe(
     num_classes: int, cfg: EvalConfig, seed: int,
 ) -> dict[str, float]:
     """A linear classifier on cached frozen features (standardized with the training
-    statistics, like a BatchNorm without affine), SGD m=0.9 + cosine, last epoch reported."""
+    statistics, like a BatchNorm without affine), SGD m=0.9 + cosine, last epoch reported; on
+    the features' device (the indices and the head's initial weights are drawn on the CPU)."""
     gen = torch.Generator().manual_seed(seed)
+    device = train_x.device
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
-    xtr, xte = (train_x - mean) / std, (test_x - mean) / std
-    clf = linear_head(xtr.shape[1], num_classes, gen)
+    xtr, xte = (train_x - mean) / std, (test_x.to(device) - mean) / std
+    ytr = train_y.to(device)
+    clf = linear_head(xtr.shape[1], num_classes, gen).to(device)
     opt = torch.optim.SGD(clf.parameters(), lr=cfg.probe_lr, momentum=0.9, weight_decay=1e-6)
     steps_per_epoch = max(1, -(-len(xtr) // cfg.probe_batch_size))  # the last batch may be smaller
     lrs = cosine_schedule(cfg.probe_lr, cfg.probe_epochs * steps_per_epoch)
     train_head(opt, lrs, IndexStream(len(xtr), partial=True), cfg.probe_batch_size, gen,
-               lambda idx: F.cross_entropy(clf(xtr[idx]), train_y[idx]))
+               lambda idx: F.cross_entropy(clf(xtr[idx]), ytr[idx]), device=device)
     with torch.no_grad():
-        return topk_accuracy(clf(xte), test_y)
+        return topk_accuracy(clf(xte), test_y.to(device))
 
 
 def linear_probe_augmented(
@@ -130,11 +134,11 @@ def linear_probe_augmented(
         x = augment(batch_images(train.images, idx, device), spec, norm, gen, jitter_on=False)
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             feats = model.backbone(model.prepare_input(x)).float()
-        return F.cross_entropy(clf(feats), train.labels[idx].to(device))
+        return F.cross_entropy(clf(feats), to_device(train.labels[idx], device))
 
     train_head(opt, lrs, IndexStream(len(train)), bs, gen, loss_of, progress=progress, desc="linear probe")
     with torch.no_grad():
-        return topk_accuracy(clf(test_x.to(device)).cpu(), test_y)
+        return topk_accuracy(clf(test_x.to(device)), test_y.to(device))
 
 
 @torch.no_grad()
@@ -142,21 +146,24 @@ def knn_accuracy(
     train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
     num_classes: int, ks: list[int], temperature: float, chunk: int = 1024,
 ) -> dict[str, float]:
-    """Weighted kNN (Wu et al., 2018): cosine similarity, votes weighted by exp(sim / T)."""
+    """Weighted kNN (Wu et al., 2018): cosine similarity, votes weighted by exp(sim / T); on the
+    bank's device, read once at the end."""
+    device = train_x.device
     bank = F.normalize(train_x, dim=1)
+    train_y, test_x, test_y = train_y.to(device), test_x.to(device), test_y.to(device)
     kmax = min(max(ks), len(bank))
-    correct = {k: 0 for k in ks}
+    correct = torch.zeros(len(ks), dtype=torch.long, device=device)
     for start in range(0, len(test_x), chunk):
         q = F.normalize(test_x[start : start + chunk], dim=1)
         sim, idx = (q @ bank.T).topk(kmax, dim=1)
         weights = (sim / temperature).exp()
         neigh = train_y[idx]
-        for k in ks:
-            votes = torch.zeros(len(q), num_classes)
+        for i, k in enumerate(ks):
+            votes = torch.zeros(len(q), num_classes, device=device)
             kk = min(k, kmax)
             votes.scatter_add_(1, neigh[:, :kk], weights[:, :kk])
-            correct[k] += int((votes.argmax(1) == test_y[start : start + chunk]).sum())
-    return {f"knn{k}_top1": 100.0 * correct[k] / len(test_x) for k in ks}
+            correct[i] += (votes.argmax(1) == test_y[start : start + chunk]).sum()
+    return {f"knn{k}_top1": 100.0 * c / len(test_x) for k, c in zip(ks, correct.tolist(), strict=True)}
 
 
 def finetune(
@@ -167,7 +174,7 @@ def finetune(
     """Semi-supervised protocol: backbone + a new linear head trained end to end on a label
     subset (SGD m=0.9, cosine, wd 0, random-resized-crop + flip), top-1/top-5 on test."""
     device = next(model.parameters()).device
-    net = copy.deepcopy(model.backbone)
+    net = local_batchnorm(copy.deepcopy(model.backbone))
     gen = torch.Generator().manual_seed(seed)
     head = linear_head(net.feat_dim, num_classes, gen).to(device)
     opt = torch.optim.SGD(
@@ -184,7 +191,7 @@ def finetune(
 
     def loss_of(idx: torch.Tensor) -> torch.Tensor:
         x = augment(batch_images(train.images, idx, device), spec, norm, gen, jitter_on=False)
-        return F.cross_entropy(head(net(model.prepare_input(x))), train.labels[idx].to(device))
+        return F.cross_entropy(head(net(model.prepare_input(x))), to_device(train.labels[idx], device))
 
     train_head(opt, scale, IndexStream(len(train)), bs, gen, loss_of, scales=[lr_backbone, lr_head],
                progress=progress, desc=desc)
@@ -192,36 +199,26 @@ def finetune(
     logits = []
     with torch.no_grad():
         for start in range(0, len(test), 1024):
-            x = norm(test.images[start : start + 1024].to(device))
-            logits.append(head(net(model.prepare_input(x))).cpu())
-    return topk_accuracy(torch.cat(logits), test.labels)
+            x = norm(to_device(test.images[start : start + 1024], device))
+            logits.append(head(net(model.prepare_input(x))))
+    return topk_accuracy(torch.cat(logits), test.labels.to(device))
 
 
-def collapse_report(feats: dict[str, torch.Tensor], k: int) -> tuple[dict, dict]:
-    """Collapse metrics and leading singular values for every embedding extracted on test; one
-    Gram eigendecomposition of the normalized rows serves both (and one of the raw rows RankMe)."""
-    metrics, spectra = {}, {}
-    for name, e in feats.items():
-        rows = row_singular_values(e)
-        metrics[name] = collapse_metrics(e, rows)
-        spectra[name] = spectrum(e, k, rows)
-    return metrics, spectra
-
-
-RECALL_KS = (1, 2, 4, 8)  # the metric-learning papers' recall@k
-
-
-def retrieval(feats: dict[str, torch.Tensor], labels: torch.Tensor, num_classes: int) -> dict[str, float]:
-    """Recall@k on the test images of the held-out classes (``class_split``'s second half, never
-    seen by the metric-learning arms), for the embedding (projector) and the backbone features:
-    ``recall_at_1`` ... and ``backbone_recall_at_1`` ...; for raw pixels, ``feats`` has "pixels"."""
-    _, held = class_split(num_classes)
-    idx = class_indices(labels, held)
-    out: dict[str, float] = {}
-    for name, prefix in (("projector", ""), ("pixels", ""), ("backbone", "backbone_")):
-        if name in feats:
-            out.update({prefix + k: v for k, v in recall_at_k(feats[name][idx], labels[idx], RECALL_KS).items()})
-    return out
+def local_batchnorm(module: nn.Module) -> nn.Module:
+    """``module`` with every SyncBatchNorm replaced by a BatchNorm2d holding the same weights and
+    statistics (in place; returned). Evaluation runs on rank 0 alone: a SyncBatchNorm in training
+    mode (fine-tuning) would wait for ranks that are not there."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.SyncBatchNorm):
+            tensors = [*child.parameters(), *child.buffers()]
+            bn = nn.BatchNorm2d(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+            bn = bn.to(tensors[0].device if tensors else "cpu")
+            bn.load_state_dict(child.state_dict())
+            bn.train(child.training)
+            setattr(module, name, bn)
+        else:
+            local_batchnorm(child)
+    return module
 
 
 def evaluate_pixels(cfg: RunConfig, train: Split, test: Split) -> dict[str, Any]:
@@ -280,7 +277,7 @@ def evaluate_model(cfg: RunConfig, model: EmbeddingModel, train: Split, test: Sp
         start = model
         if cfg.objective.kind == "supervised":  # the supervised baseline trains from scratch on the subset
             torch.manual_seed(cfg.seed)
-            start = build_model(cfg.backbone, ds.in_channels, ds.num_classes)
+            start = build_model(cfg.backbone, ds.in_channels, ds.num_classes).to(next(model.parameters()).device)
         root = Path(cfg.paths.data) / ds.name / "subsets"
         for i, frac in enumerate(ds.subset_fractions):
             name = subset_name(frac)

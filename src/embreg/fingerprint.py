@@ -35,6 +35,7 @@ TRAINING_CODE: tuple[str, ...] = (
     "regularizers.py",
     "run.py",
     "rundir.py",
+    "steplog.py",
     "train.py",
 )
 # what the sweep stage runs besides the core: reading params.yaml, planning and launching

@@ -56,3 +56,9 @@ def git_revision(cwd: str | Path | None = None) -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
+
+def available_cores() -> int:
+    """The cores this process may run on: its CPU affinity (what SLURM, taskset or a container
+    gave it) where the OS tells, else every core of the machine."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else (os.cpu_count() or 1)

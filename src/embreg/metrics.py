@@ -14,6 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from embreg.data import class_indices, class_split
 from embreg.regularizers import svmax_bounds
 
 DEAD_STD = 1e-2  # a dimension whose std is below this carries (almost) no information
@@ -99,10 +100,43 @@ def spectrum(e: torch.Tensor, k: int, row_values: torch.Tensor | None = None) ->
 def recall_at_k(e: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 2, 4, 8)) -> dict[str, float]:
     """Retrieval recall@k, as the metric-learning papers report it (CUB, CARS): each sample in turn
     is the query and every other sample the gallery, ranked by cosine similarity; a query scores
-    when a sample of its class is among its k nearest. Percent. (n, d), (n,) -> {"recall_at_k": %}"""
+    when a sample of its class is among its k nearest. Percent. (n, d), (n,) -> {"recall_at_k": %}
+    Needs at least two samples (a query and a gallery of one)."""
+    if len(e) < 2:
+        raise ValueError(f"recall@k needs at least two samples (a query and its gallery), got {len(e)}")
+    labels = labels.to(e.device)
     n = F.normalize(e.double(), dim=1)
     sim = n @ n.T
     sim.fill_diagonal_(-math.inf)  # a query never retrieves itself
     top = sim.topk(min(max(ks), len(e) - 1), dim=1).indices
     hit = labels[top] == labels[:, None]
     return {f"recall_at_{k}": float(hit[:, :k].any(dim=1).double().mean() * 100) for k in ks}
+
+
+def collapse_report(feats: dict[str, torch.Tensor], k: int) -> tuple[dict, dict]:
+    """Collapse metrics and leading singular values for every embedding extracted on test; one
+    Gram eigendecomposition of the normalized rows serves both (and one of the raw rows RankMe)."""
+    metrics, spectra = {}, {}
+    for name, e in feats.items():
+        rows = row_singular_values(e)
+        metrics[name] = collapse_metrics(e, rows)
+        spectra[name] = spectrum(e, k, rows)
+    return metrics, spectra
+
+
+RECALL_KS = (1, 2, 4, 8)  # the metric-learning papers' recall@k
+
+
+def retrieval(feats: dict[str, torch.Tensor], labels: torch.Tensor, num_classes: int) -> dict[str, float]:
+    """Recall@k on the test images of the held-out classes (``class_split``'s second half, never
+    seen by the metric-learning arms), for the embedding (projector) and the backbone features:
+    ``recall_at_1`` ... and ``backbone_recall_at_1`` ...; for raw pixels, ``feats`` has "pixels"."""
+    _, held = class_split(num_classes)
+    idx = class_indices(labels, held)
+    out: dict[str, float] = {}
+    if len(idx) < 2:  # e.g. a class subset of a dataset: no held-out class has test images
+        return out
+    for name, prefix in (("projector", ""), ("pixels", ""), ("backbone", "backbone_")):
+        if name in feats:
+            out.update({prefix + k: v for k, v in recall_at_k(feats[name][idx], labels[idx], RECALL_KS).items()})
+    return out

@@ -23,21 +23,26 @@ class LARS(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
+        """One update of every group with ``torch._foreach_*`` kernels (a handful of launches per
+        group, not several per tensor); momentum buffers are created once, at the first step."""
         for g in self.param_groups:
-            for p in g["params"]:
-                if p.grad is None:
-                    continue
-                dp = p.grad
-                if not g["lars_exclude"]:
-                    dp = dp.add(p, alpha=g["weight_decay"])
-                    p_norm, d_norm = torch.norm(p), torch.norm(dp)
-                    q = torch.where(
-                        (p_norm > 0) & (d_norm > 0), g["eta"] * p_norm / d_norm, torch.ones_like(p_norm)
-                    )
-                    dp = dp.mul(q)
-                buf = self.state[p].setdefault("mu", torch.zeros_like(p))
-                buf.mul_(g["momentum"]).add_(dp)
-                p.add_(buf, alpha=-g["lr"])
+            params = [p for p in g["params"] if p.grad is not None]
+            if not params:
+                continue
+            dps = [p.grad for p in params]
+            if not g["lars_exclude"]:
+                dps = torch._foreach_add(dps, params, alpha=g["weight_decay"])
+                p_norm = torch.stack(torch._foreach_norm(params))
+                d_norm = torch.stack(torch._foreach_norm(dps))
+                q = torch.where((p_norm > 0) & (d_norm > 0), g["eta"] * p_norm / d_norm, torch.ones_like(p_norm))
+                torch._foreach_mul_(dps, list(q.unbind()))
+            for p in params:
+                if "mu" not in self.state[p]:
+                    self.state[p]["mu"] = torch.zeros_like(p)
+            bufs = [self.state[p]["mu"] for p in params]
+            torch._foreach_mul_(bufs, g["momentum"])
+            torch._foreach_add_(bufs, dps)
+            torch._foreach_add_(params, bufs, alpha=-g["lr"])
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

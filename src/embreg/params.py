@@ -97,48 +97,10 @@ def read_params_file(path: str | Path, sections: tuple[str, ...] | None = None) 
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
         raise ConfigError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-    found = params_problems(_checked_keys(raw), str(path), sections or PARAMS_KEYS)
-    found += _launcher_problems(raw, str(path))
+    found = params_problems(raw, str(path), sections or PARAMS_KEYS)
     if found:
         raise ConfigError("\n".join(found))
     return raw
-
-
-# The launcher keys embreg.checks.params_problems does not know (it is training code, whose every
-# edit retrains the sweep): checked here instead, in its words; key -> least allowed integer
-NEW_KEYS = {"local": {"gpus": 0, "jobs_per_gpu": 1},
-            "slurm": {"cpus_per_gpu": 1, "mem_gb_per_gpu": 1}}
-
-
-def _checked_keys(raw: Any) -> Any:
-    """``raw`` with only the launcher keys embreg.checks knows: the rest are checked here."""
-    if not isinstance(raw, dict):
-        return raw
-    out = dict(raw)
-    for section, cls in (("local", LocalParams), ("slurm", SlurmParams)):
-        sec = raw.get(section)
-        if isinstance(sec, dict):
-            valid = {f.name for f in dataclasses.fields(cls)} - set(NEW_KEYS[section])
-            out[section] = {k: v for k, v in sec.items() if k in valid}
-    return out
-
-
-def _launcher_problems(raw: Any, where: str) -> list[str]:
-    """The launcher sections' unknown keys (listing every valid one) and the keys of NEW_KEYS."""
-    from embreg.checks import _Collector, _unknown
-
-    if not isinstance(raw, dict):
-        return []
-    out, c = [], _Collector()
-    for section, cls in (("local", LocalParams), ("slurm", SlurmParams)):
-        sec = raw.get(section)
-        if not isinstance(sec, dict):
-            continue  # reported by params_problems
-        out += _unknown(f"{where}: {section}", sec, [f.name for f in dataclasses.fields(cls)])
-        for key, least in NEW_KEYS[section].items():
-            if key in sec:  # null too: these have no unset state
-                c.number(f"{section}.{key}", sec[key], least, integer=True)
-    return out + [f"{where}: {p}" for p in c.out]
 
 
 def load_params(path: str | Path = "params.yaml", site: str | Path | None = None) -> PipelineParams:

@@ -13,8 +13,6 @@ References
   (facebookresearch/vicreg, ``main_vicreg.py``).
 - SVMax: Taha, Hanson, Shrivastava, Davis, "SVMax: A Feature Embedding Regularizer",
   2021 (Sec. 3: mean singular value and its bounds).
-- Contrastive loss (the SVMax paper's metric-learning setting): Hadsell, Chopra, LeCun,
-  "Dimensionality Reduction by Learning an Invariant Mapping", CVPR 2006.
 """
 
 from __future__ import annotations
@@ -39,6 +37,11 @@ def check_svmax_form(form: str) -> str:
 def _check_2d(z: torch.Tensor, name: str = "z") -> None:
     if z.dim() != 2:
         raise ValueError(f"{name} must be a (batch, dim) matrix, got shape {tuple(z.shape)}")
+
+
+def _check_matrices(z: torch.Tensor, name: str = "z") -> None:
+    if z.dim() not in (2, 3):
+        raise ValueError(f"{name} must be a (batch, dim) matrix or a stack of them, got shape {tuple(z.shape)}")
 
 
 def invariance(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
@@ -133,22 +136,26 @@ SVD_MIN_ASPECT = 0.9
 
 
 def _gram(e: torch.Tensor, wide: bool) -> torch.Tensor:
-    return e @ e.T if wide else e.T @ e
+    return e @ e.mT if wide else e.mT @ e
 
 
 def _float32_spectrum(e32: torch.Tensor, wide: bool, vectors: bool):
-    """(lam, vec) of the float32 Gram matrix, or None when it is too ill-conditioned for float32.
+    """(lam, vec) of the float32 Gram matrices (..., k, k), or None when one of them is too
+    ill-conditioned for float32.
 
-    A Cholesky factorization of G - tau * max(diag G) * I is the cheap early-out: it fails
-    whenever lambda_min < tau * lambda_max is certain (max(diag G) <= lambda_max), before any
-    eigendecomposition is paid for; the eigenvalues then decide exactly.
+    On the CPU a Cholesky factorization of G - tau * max(diag G) * I is the cheap early-out: it
+    fails whenever lambda_min < tau * lambda_max is certain (max(diag G) <= lambda_max), before
+    any eigendecomposition is paid for. On a GPU reading its outcome would wait for the device
+    once more, so the eigenvalues alone decide (one read for the whole stack).
     """
     g = _gram(e32, wide)
-    shifted = g - FLOAT32_MIN_EIG_RATIO * g.diagonal().max() * torch.eye(g.shape[0], dtype=g.dtype, device=g.device)
-    if int(torch.linalg.cholesky_ex(shifted).info) != 0:
-        return None
+    if g.device.type == "cpu":
+        eye = torch.eye(g.shape[-1], dtype=g.dtype, device=g.device)
+        shifted = g - FLOAT32_MIN_EIG_RATIO * g.diagonal(dim1=-2, dim2=-1).amax(-1)[..., None, None] * eye
+        if bool(torch.linalg.cholesky_ex(shifted).info.any()):
+            return None
     lam, vec = torch.linalg.eigh(g) if vectors else (torch.linalg.eigvalsh(g), None)
-    if not bool(lam[0] >= FLOAT32_MIN_EIG_RATIO * lam[-1]):
+    if not bool((lam[..., 0] >= FLOAT32_MIN_EIG_RATIO * lam[..., -1]).all()):
         return None
     return lam, vec
 
@@ -162,11 +169,11 @@ def spectrum_precision(e: torch.Tensor) -> str:
     """Which path ``mean_singular_value`` takes for the (already normalized) (b, d) matrix ``e``:
     ``"svd"`` (near-square, in e's own dtype), else the Gram matrix's eigenvalues in
     ``"float32"`` (well-conditioned) or ``"float64"``."""
-    if uses_svd(*e.shape):
+    if uses_svd(*e.shape[-2:]):
         return "svd"
     if e.dtype == torch.float64:
         return "float64"
-    fast = _float32_spectrum(e.detach().float(), e.shape[0] <= e.shape[1], False)
+    fast = _float32_spectrum(e.detach().float(), e.shape[-2] <= e.shape[-1], False)
     return "float32" if fast is not None else "float64"
 
 
@@ -186,11 +193,14 @@ class _MeanSingularValue(torch.autograd.Function):
     the float64 noise floor of the Gram matrix count as 0 in both directions (their
     subgradient is taken as 0), so a collapsed, rank-one embedding gets finite gradients and
     exactly the lower bound.
+
+    Works on a stack of matrices (..., b, d) -> (...): one eigensolver call, and one precision
+    for all of them (float64 when any one needs it).
     """
 
     @staticmethod
     def forward(ctx, e: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        b, d = e.shape
+        b, d = e.shape[-2:]
         k, wide = min(b, d), b <= d
         vectors = bool(ctx.needs_input_grad[0])
         e32 = e.float()
@@ -199,14 +209,14 @@ class _MeanSingularValue(torch.autograd.Function):
         if fast is not None:
             lam, vec = fast
             s = lam.sqrt()
-            value, work, inv = s.sum() / k, e32, (1 / s if vectors else None)
+            value, work, inv = s.sum(-1) / k, e32, (1 / s if vectors else None)
         else:
             work = e.double()
             lam, vec = torch.linalg.eigh(_gram(work, wide)) if vectors else (torch.linalg.eigvalsh(_gram(work, wide)), None)
             s = lam.clamp_min(0).sqrt()
-            floor = 10 * math.sqrt(k * torch.finfo(torch.float64).eps) * s.max()
+            floor = 10 * math.sqrt(k * torch.finfo(torch.float64).eps) * s.amax(-1, keepdim=True)
             keep = s > floor
-            value = torch.where(keep, s, torch.zeros_like(s)).sum() / k
+            value = torch.where(keep, s, torch.zeros_like(s)).sum(-1) / k
             inv = torch.where(keep, 1 / s.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(s))
         if vectors:
             ctx.save_for_backward(work, vec, inv)
@@ -216,15 +226,16 @@ class _MeanSingularValue(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         work, vec, inv = ctx.saved_tensors
-        proj = (vec * inv) @ vec.T  # U S^+ U^T (or V S^+ V^T)
+        proj = (vec * inv[..., None, :]) @ vec.mT  # U S^+ U^T (or V S^+ V^T)
         polar = proj @ work if ctx.wide else work @ proj
-        return (grad.to(work.dtype) * polar / ctx.k).to(grad.dtype)
+        return (grad.to(work.dtype)[..., None, None] * polar / ctx.k).to(grad.dtype)
 
 
 def mean_singular_value(e: torch.Tensor, normalize: bool = True) -> torch.Tensor:
     """s_mu: mean of the k = min(b, d) singular values of the row-normalized matrix.
 
-    (b, d) -> (). ``normalize=False`` skips the l2 normalization (rows already unit norm).
+    (b, d) -> (), or a stack (n, b, d) -> (n,) in one eigensolver call (both views of a step).
+    ``normalize=False`` skips the l2 normalization (rows already unit norm).
     Computed from the k x k Gram matrix's eigenvalues, in float32 when the spectrum is
     well-conditioned and in float64 otherwise (see ``_MeanSingularValue``): equal to
     ``torch.linalg.svdvals(e).mean()`` to float32 precision, several times faster for b << d
@@ -237,17 +248,18 @@ def mean_singular_value(e: torch.Tensor, normalize: bool = True) -> torch.Tensor
     to ~1e-7 relative of a float64 SVD, gradient to ~3e-6 (~1e-5 when the spectrum spans 1e-3;
     the float64 Gram path reaches 1e-6 there, at more than an SVD's cost), i.e. torch.svd's own.
     """
-    _check_2d(e, "e")
+    _check_matrices(e, "e")
     if normalize:
-        e = F.normalize(e, dim=1)
-    if uses_svd(*e.shape):
-        return torch.linalg.svdvals(e).mean()
+        e = F.normalize(e, dim=-1)
+    if uses_svd(*e.shape[-2:]):
+        return torch.linalg.svdvals(e).mean(-1)
     return _MeanSingularValue.apply(e)
 
 
 def svmax_score(e: torch.Tensor) -> torch.Tensor:
-    """Normalized score (s_mu - L) / (U - L) in [0, 1]; 0 = rank one, 1 = flat spectrum."""
-    b, d = e.shape
+    """Normalized score (s_mu - L) / (U - L) in [0, 1]; 0 = rank one, 1 = flat spectrum.
+    (b, d) -> (), or (n, b, d) -> (n,)."""
+    b, d = e.shape[-2:]
     lower, upper = svmax_bounds(b, d)
     if upper == lower:  # k == 1: a single singular value, nothing to spread
         raise ValueError(f"the SVMax score is undefined for k = min(b, d) = 1 (b={b}, d={d})")
@@ -266,31 +278,9 @@ def svmax_loss(e: torch.Tensor, form: SVMaxForm = "score") -> torch.Tensor:
     if form == "neg_mean":
         return -mean_singular_value(e)
     if form == "exp":
-        b, d = e.shape
+        b, d = e.shape[-2:]
         lower, upper = svmax_bounds(b, d)
         if upper == lower:
             raise ValueError(f"the SVMax exp form is undefined for k = min(b, d) = 1 (b={b}, d={d})")
         return torch.exp((upper - mean_singular_value(e)) / (upper - lower))
     raise ValueError(f"unknown SVMax loss form {form!r}; valid: {', '.join(SVMAX_FORMS)}")
-
-
-def contrastive(e: torch.Tensor, labels: torch.Tensor, margin: float = 0.5) -> torch.Tensor:
-    """Pairwise contrastive loss (Hadsell et al., 2006) on the l2-normalized rows of ``e``, over
-    every pair i < j of the batch: a same-class pair costs d_ij^2, a pair of different classes
-    max(0, margin - d_ij)^2, d the Euclidean distance between unit vectors (in [0, 2]). The two
-    kinds are averaged separately and added, so that the batch's class balance does not weigh
-    one against the other; a kind the batch has no pair of contributes 0. (b, d), (b,) -> ()"""
-    _check_2d(e, "e")
-    if labels.shape != (e.shape[0],):
-        raise ValueError(f"labels must have shape ({e.shape[0]},), got {tuple(labels.shape)}")
-    n = F.normalize(e, dim=1)
-    # squared distance between unit vectors: 2 - 2 cos (clamped: rounding can dip below 0)
-    d2 = (2 - 2 * n @ n.T).clamp_min(0)
-    i, j = torch.triu_indices(len(e), len(e), offset=1, device=e.device)
-    d2, same = d2[i, j], labels[i] == labels[j]
-    zero = e.sum() * 0  # keeps the graph (and the dtype) when a kind has no pair
-    pos = d2[same].mean() if same.any() else zero
-    # sqrt's gradient is infinite at 0: a negative pair at distance 0 is pushed by its clamp
-    d = d2[~same].clamp_min(1e-12).sqrt()
-    neg = F.relu(margin - d).pow(2).mean() if (~same).any() else zero
-    return pos + neg

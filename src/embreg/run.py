@@ -25,7 +25,7 @@ from embreg.data import Split, class_indices, class_split, load_split, load_unla
 from embreg.distributed import DistInfo, barrier, init_from_env
 from embreg.evaluate import evaluate_model, evaluate_pixels
 from embreg.fingerprint import code_hash
-from embreg.io import git_revision, write_json, write_text
+from embreg.io import available_cores, git_revision, write_json, write_text
 from embreg.models import build_model
 from embreg.pretrain import DivergedError, pretrain, read_checkpoint
 from embreg.rundir import (
@@ -132,10 +132,18 @@ def pretraining_split(cfg: RunConfig, train: Split) -> Split:
                  labels=torch.cat([train.labels, torch.full((len(extra),), -1, dtype=torch.long)]))
 
 
+def cpu_share(threads: int = 0) -> int:
+    """The torch threads of a run: ``threads`` when set (the launcher's share of the cores:
+    local.threads_per_job, slurm.cpus_per_task), else the cores this process may run on (its
+    affinity: what SLURM or taskset gave it), never every core of a machine it shares."""
+    return threads if threads > 0 else available_cores()
+
+
 def _train_and_evaluate(cfg: RunConfig, rd: Path, fp: str, dist: DistInfo) -> dict[str, Any]:
-    if cfg.runtime.threads > 0:
-        torch.set_num_threads(cfg.runtime.threads)
+    torch.set_num_threads(cpu_share(cfg.runtime.threads))
     device = torch.device(cfg.profile.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes every step: pick each convolution's fastest kernel
     if device.type == "cuda" and dist.world_size > 1:
         device = torch.device("cuda", torch.cuda.current_device())  # set by init_from_env
     ds = cfg.dataset

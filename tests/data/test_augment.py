@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from embreg.data import AugmentSpec, Normalizer, augment, two_views
-from embreg.data.augment import crop_flip_thetas, jitter
+from embreg.data.augment import crop_flip_thetas, draw, jitter, thetas, view_columns
 
 NORM = Normalizer([0.5], [0.25])
 
@@ -25,7 +25,8 @@ def test_flip_mirrors_columns():
     x = _batch()
     spec = AugmentSpec(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip=True, jitter_prob=0.0)
     gen = torch.Generator().manual_seed(3)
-    theta = crop_flip_thetas(len(x), spec, torch.Generator().manual_seed(3))
+    # the same draws as augment's: one matrix with the view's columns
+    theta = thetas(draw(len(x), view_columns(spec, 1), torch.Generator().manual_seed(3)), spec)
     out = augment(x, spec, NORM, gen)
     flipped = theta[:, 0, 0] < 0
     assert 0 < int(flipped.sum()) < len(x)
@@ -58,3 +59,23 @@ def test_jitter_keeps_range_and_respects_probability():
     assert torch.equal(out, x)
     out = jitter(x, AugmentSpec(jitter_prob=1.0), torch.Generator().manual_seed(0))
     assert out.min() >= 0 and out.max() <= 1 and not torch.allclose(out, x)
+
+
+def test_a_view_draws_its_parameters_in_one_call_and_a_part_is_a_slice_of_the_whole():
+    """One (n, K) matrix of uniforms per view (one copy to the device); a data-parallel rank's
+    part of the batch gets exactly the rows one process would make, and the generator advances
+    as for the whole batch."""
+    from embreg.data.augment import view_columns
+
+    x = _batch(12)
+    spec = AugmentSpec(blur_prob=(1.0, 0.1), solarize_prob=(0.0, 0.2), grayscale_prob=0.2)
+    gen, replay = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    whole = two_views(x, spec, NORM, gen)
+    for view in (0, 1):
+        torch.rand(12, len(view_columns(spec, 1, view)), generator=replay)
+    assert torch.equal(gen.get_state(), replay.get_state())
+    gen = torch.Generator().manual_seed(5)
+    part = two_views(x, spec, NORM, gen, part=slice(4, 8))
+    assert all(torch.equal(p, w[4:8]) for p, w in zip(part, whole, strict=True))
+    assert torch.equal(gen.get_state(), replay.get_state())
+    assert view_columns(spec, 1, 0)[-2:] == ["blur", "sigma"] and view_columns(spec, 1, 1)[-1] == "solarize"

@@ -35,10 +35,8 @@ def test_jitter_matches_torchvision_per_image(kind):
     x = images()
     spec = AugmentSpec(jitter_prob=1.0, brightness=0.0, contrast=0.0, **{kind: 0.3})
     out = A.jitter(x, spec, torch.Generator().manual_seed(1))
-    gen = torch.Generator().manual_seed(1)  # replay the draws: apply, brightness, contrast, then ours
-    for _ in range(3):
-        torch.rand(len(x), generator=gen)
-    factors = torch.rand(len(x), generator=gen) * 0.6 - 0.3
+    # replay the draws: one (n, 4) matrix, columns apply, brightness, contrast, then ours
+    factors = torch.rand(len(x), 4, generator=torch.Generator().manual_seed(1))[:, 3] * 0.6 - 0.3
     for i, f in enumerate(factors.tolist()):
         ref = TF.adjust_saturation(x[i], 1 + f) if kind == "saturation" else TF.adjust_hue(x[i], f)
         torch.testing.assert_close(out[i], ref, atol=1e-4, rtol=0)

@@ -7,10 +7,14 @@ Datasets too large for memory (ImageNet) hand over a ``LazyBatch`` instead of a 
 crop boxes are drawn here exactly as for a tensor, the files are decoded and cut on the CPU
 (see ``embreg.data.imagefolder``), and everything after the crop runs on the device.
 
-All randomness comes from an explicit ``torch.Generator`` (on the CPU; parameters are moved to
-the batch's device) so runs are reproducible and the generator's state can be checkpointed.
-A transform whose probability is 0 draws nothing, so turning one on never changes the others'
-draws in profiles that leave it off.
+All randomness comes from an explicit ``torch.Generator`` on the CPU, so runs are reproducible,
+the same on every device, and the generator's state can be checkpointed. Every random number a
+view needs is drawn in one call (``draw_view``: one (n, K) matrix of uniforms, a column per
+parameter) and reaches the batch's device in one copy from pinned memory that does not wait for
+the device; the transforms turn columns into parameters there. Nothing branches on the draws, so
+the batch's shapes never depend on them (the blur is computed for every image and kept where
+drawn). A transform whose probability is 0 has no column, so turning one on never changes the
+others' draws in profiles that leave it off.
 """
 
 from __future__ import annotations
@@ -22,8 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-# ITU-R 601 luma, as torchvision's rgb_to_grayscale
-_LUMA = (0.2989, 0.587, 0.114)
+from embreg.data.colour import _hsv_to_rgb, _rgb_to_hsv, gaussian_blur, grayscale
 
 
 @dataclass(frozen=True)
@@ -62,138 +65,147 @@ def batch_images(images: Any, idx: torch.Tensor, device: torch.device) -> torch.
     """The images at ``idx`` for ``augment``: a uint8 tensor on ``device``, or a ``LazyBatch``
     when ``images`` is not a tensor (decoded only once the crops are known)."""
     if isinstance(images, torch.Tensor):
-        return images[idx].to(device)
+        return to_device(images[idx], device)
     return LazyBatch(images, idx, device)
 
 
-def _uniform(n: int, lo: float, hi: float, gen: torch.Generator) -> torch.Tensor:
-    return torch.rand(n, generator=gen) * (hi - lo) + lo
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``x`` on ``device``; to a GPU from pinned memory without waiting for it (a copy from
+    pageable memory would wait for the GPU to finish its queued work)."""
+    if device.type != "cuda" or x.device.type != "cpu":
+        return x.to(device)
+    return x.pin_memory().to(device, non_blocking=True)
 
 
-def _coin(n: int, p: float, gen: torch.Generator) -> torch.Tensor:
-    return torch.rand(n, generator=gen) < p
+def view_columns(spec: AugmentSpec, channels: int, view: int = 0, jitter_on: bool = True) -> list[str]:
+    """The uniforms a view draws, one column each, in order: crop (area, ratio, centre), flip,
+    colour jitter (applied?, brightness, contrast, then saturation and hue for RGB images when
+    asked for), grayscale, blur (applied?, sigma) and solarization, each only when it can act."""
+    cols = ["area", "ratio", "tx", "ty"] + (["flip"] if spec.flip else [])
+    if not jitter_on:
+        return cols
+    cols += ["jitter", "brightness", "contrast"]
+    cols += ["saturation"] if channels == 3 and spec.saturation > 0 else []
+    cols += ["hue"] if channels == 3 and spec.hue > 0 else []
+    cols += ["grayscale"] if spec.grayscale_prob > 0 else []
+    cols += ["blur", "sigma"] if spec.blur_prob[view] > 0 else []
+    cols += ["solarize"] if spec.solarize_prob[view] > 0 else []
+    return cols
 
 
-def crop_flip_thetas(
-    n: int, spec: AugmentSpec, gen: torch.Generator, aspect: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Affine matrices for random-resized-crop (+ horizontal flip). -> (n, 2, 3)
+@dataclass
+class Draws:
+    """One view's uniforms in [0, 1): ``u`` (n, K), column ``cols[name]`` per parameter."""
+
+    u: torch.Tensor
+    cols: dict[str, int]
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.u[:, self.cols[name]]
+
+    def rows(self, part: slice) -> Draws:
+        return Draws(self.u[part], self.cols)
+
+    def to(self, device: torch.device) -> Draws:
+        return Draws(to_device(self.u, device), self.cols)
+
+
+def draw(n: int, cols: list[str], gen: torch.Generator) -> Draws:
+    """``n`` rows of uniforms for ``cols`` from ``gen``, in one call."""
+    return Draws(torch.rand(n, len(cols), generator=gen), {c: i for i, c in enumerate(cols)})
+
+
+def _between(u: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    return u * (hi - lo) + lo
+
+
+def thetas(d: Draws, spec: AugmentSpec, aspect: torch.Tensor | None = None) -> torch.Tensor:
+    """Affine matrices for random-resized-crop (+ horizontal flip), on ``d``'s device. -> (n, 2, 3)
 
     In ``affine_grid``'s normalized coordinates a crop covering a fraction (sx, sy) of the
     image centred at (tx, ty) is the map x_in = sx * x_out + tx; a flip negates sx. The area
     fraction and the aspect ratio are drawn as torchvision's RandomResizedCrop does; for
     images of width / height ``aspect`` (None: square) the ratio is the crop's in pixels.
     """
-    area = _uniform(n, *spec.crop_scale, gen)
-    log_ratio = _uniform(n, math.log(spec.crop_ratio[0]), math.log(spec.crop_ratio[1]), gen)
-    ratio = torch.exp(log_ratio)
+    area = _between(d["area"], *spec.crop_scale)
+    ratio = torch.exp(_between(d["ratio"], math.log(spec.crop_ratio[0]), math.log(spec.crop_ratio[1])))
     if aspect is not None:  # pixel ratio r on a W x H image: sx = sqrt(A r H / W), sy = sqrt(A W / (H r))
-        ratio = ratio / aspect.float()
+        ratio = ratio / aspect.to(ratio.device).float()
     sx = torch.sqrt(area * ratio).clamp(max=1.0)
     sy = torch.sqrt(area / ratio).clamp(max=1.0)
-    tx = (torch.rand(n, generator=gen) * 2 - 1) * (1 - sx)
-    ty = (torch.rand(n, generator=gen) * 2 - 1) * (1 - sy)
+    tx = (d["tx"] * 2 - 1) * (1 - sx)
+    ty = (d["ty"] * 2 - 1) * (1 - sy)
     if spec.flip:
-        sign = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
-        sx = sx * sign
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0], theta[:, 0, 2] = sx, tx
-    theta[:, 1, 1], theta[:, 1, 2] = sy, ty
-    return theta
+        sx = sx * torch.where(d["flip"] < 0.5, -1.0, 1.0)
+    zero = torch.zeros_like(sx)
+    return torch.stack([torch.stack([sx, zero, tx], 1), torch.stack([zero, sy, ty], 1)], 1)
+
+
+def crop_flip_thetas(
+    n: int, spec: AugmentSpec, gen: torch.Generator, aspect: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``thetas`` of ``n`` fresh crop (+ flip) draws from ``gen``. -> (n, 2, 3)"""
+    return thetas(draw(n, view_columns(spec, 1, jitter_on=False), gen), spec, aspect)
 
 
 def _per_image(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.to(like.device, like.dtype).view(-1, 1, 1, 1)
 
 
-def grayscale(x: torch.Tensor) -> torch.Tensor:
-    """Luma of RGB images, kept as 3 channels (single-channel images are returned as they are)."""
-    if x.shape[1] != 3:
-        return x
-    w = torch.tensor(_LUMA, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x * w).sum(dim=1, keepdim=True).expand_as(x)
-
-
-def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
-    r, g, b = x.unbind(dim=1)
-    maxc, _ = x.max(dim=1)
-    minc, _ = x.min(dim=1)
-    delta = maxc - minc
-    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
-    h = torch.where(maxc == r, (g - b) / safe, torch.where(maxc == g, 2 + (b - r) / safe, 4 + (r - g) / safe))
-    h = torch.where(delta > 0, (h / 6) % 1.0, torch.zeros_like(h))
-    s = torch.where(maxc > 0, delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc)), torch.zeros_like(maxc))
-    return torch.stack((h, s, maxc), dim=1)
-
-
-def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
-    h, s, v = x.unbind(dim=1)
-    k = torch.stack([(5 + 6 * h) % 6, (3 + 6 * h) % 6, (1 + 6 * h) % 6], dim=1)  # r, g, b
-    v, s = v.unsqueeze(1), s.unsqueeze(1)
-    return v - v * s * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
-
-
-def jitter(x: torch.Tensor, spec: AugmentSpec, gen: torch.Generator) -> torch.Tensor:
+def color_jitter(x: torch.Tensor, spec: AugmentSpec, d: Draws) -> torch.Tensor:
     """Per-image colour jitter on [0, 1] images, applied with probability ``jitter_prob``:
     brightness, then contrast (around the image mean), then saturation and hue when the spec
-    asks for them (RGB only). (b, c, h, w) -> same
+    asks for them (RGB only), from ``d``'s columns. (b, c, h, w) -> same
 
     torchvision's ColorJitter shuffles the four per image; here the order is fixed.
     """
-    n = x.shape[0]
-    apply = _per_image(_coin(n, spec.jitter_prob, gen).float(), x)
-    b = _per_image(_uniform(n, 1 - spec.brightness, 1 + spec.brightness, gen), x)
-    c = _per_image(_uniform(n, 1 - spec.contrast, 1 + spec.contrast, gen), x)
+    apply = _per_image((d["jitter"] < spec.jitter_prob).float(), x)
+    b = _per_image(_between(d["brightness"], 1 - spec.brightness, 1 + spec.brightness), x)
+    c = _per_image(_between(d["contrast"], 1 - spec.contrast, 1 + spec.contrast), x)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     out = ((x * b - mean * b) * c + mean * b).clamp(0, 1)
-    if x.shape[1] == 3 and spec.saturation > 0:
-        s = _per_image(_uniform(n, 1 - spec.saturation, 1 + spec.saturation, gen), x)
+    if "saturation" in d.cols:
+        s = _per_image(_between(d["saturation"], 1 - spec.saturation, 1 + spec.saturation), x)
         gray = grayscale(out)
         out = (gray + s * (out - gray)).clamp(0, 1)
-    if x.shape[1] == 3 and spec.hue > 0:
-        shift = _uniform(n, -spec.hue, spec.hue, gen).to(x.device, x.dtype).view(-1, 1, 1)
+    if "hue" in d.cols:
+        shift = _between(d["hue"], -spec.hue, spec.hue).to(x.dtype).view(-1, 1, 1)
         hsv = _rgb_to_hsv(out)
         hsv = torch.stack((((hsv[:, 0] + shift) % 1.0), hsv[:, 1], hsv[:, 2]), dim=1)
         out = _hsv_to_rgb(hsv).clamp(0, 1)
     return apply * out + (1 - apply) * x
 
 
-def random_grayscale(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
-    apply = _per_image(_coin(x.shape[0], p, gen).float(), x)
-    return apply * grayscale(x) + (1 - apply) * x
+def _where(apply: torch.Tensor, changed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``changed`` for the images where ``apply`` (n,) holds, ``x`` elsewhere."""
+    return torch.where(apply.view(-1, 1, 1, 1), changed, x)
 
 
-def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian blur with one sigma (pixels) per image; the kernel spans about 10% of
-    the image side (odd), as in BYOL / VICReg (23 px at 224), reflect-padded. (b,c,h,w) -> same"""
-    n, c, h, w = x.shape
-    size = max(3, int(0.1 * min(h, w)) // 2 * 2 + 1)
-    offsets = torch.arange(size, device=x.device, dtype=x.dtype) - size // 2
-    s = sigma.to(x.device, x.dtype).view(n, 1)
-    kernel = torch.exp(-(offsets.view(1, -1) ** 2) / (2 * s**2))
-    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # (n*c, size)
-    flat = x.reshape(1, n * c, h, w)
-    pad = size // 2
-    flat = F.conv2d(F.pad(flat, (pad, pad, 0, 0), mode="reflect"), kernel.view(n * c, 1, 1, size), groups=n * c)
-    flat = F.conv2d(F.pad(flat, (0, 0, pad, pad), mode="reflect"), kernel.view(n * c, 1, size, 1), groups=n * c)
-    return flat.view(n, c, h, w)
-
-
-def random_blur(x: torch.Tensor, p: float, sigma: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
-    n = x.shape[0]
-    apply = _coin(n, p, gen)
-    s = _uniform(n, *sigma, gen)
-    if not bool(apply.any()):
-        return x
-    out = x.clone()
-    picked = apply.nonzero().squeeze(1)
-    out[picked.to(x.device)] = gaussian_blur(x[picked.to(x.device)], s[picked])
+def photometric(x: torch.Tensor, spec: AugmentSpec, d: Draws, view: int = 0) -> torch.Tensor:
+    """Colour jitter, then grayscale, blur and solarization with the view's probabilities, each
+    from its columns of ``d`` (on ``x``'s device). [0, 1] (b, c, h, w) -> same"""
+    out = color_jitter(x, spec, d)
+    if "grayscale" in d.cols:
+        out = _where(d["grayscale"] < spec.grayscale_prob, grayscale(out), out)
+    if "blur" in d.cols:  # every image blurred, kept where drawn: no shape depends on the draw
+        out = _where(d["blur"] < spec.blur_prob[view], gaussian_blur(out, _between(d["sigma"], *spec.blur_sigma)), out)
+    if "solarize" in d.cols:
+        out = _where(d["solarize"] < spec.solarize_prob[view], torch.where(out >= 0.5, 1 - out, out), out)
     return out
 
 
+def jitter(x: torch.Tensor, spec: AugmentSpec, gen: torch.Generator) -> torch.Tensor:
+    """``color_jitter`` with fresh draws from ``gen``."""
+    cols = [c for c in view_columns(spec, x.shape[1]) if c in ("jitter", "brightness", "contrast", "saturation", "hue")]
+    return color_jitter(x, spec, draw(x.shape[0], cols, gen).to(x.device))
+
+
+def random_grayscale(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
+    return _where(draw(x.shape[0], ["p"], gen).to(x.device)["p"] < p, grayscale(x), x)
+
+
 def random_solarize(x: torch.Tensor, p: float, gen: torch.Generator, threshold: float = 0.5) -> torch.Tensor:
-    apply = _per_image(_coin(x.shape[0], p, gen).float(), x)
-    return apply * torch.where(x >= threshold, 1 - x, x) + (1 - apply) * x
+    return _where(draw(x.shape[0], ["p"], gen).to(x.device)["p"] < p, torch.where(x >= threshold, 1 - x, x), x)
 
 
 class Normalizer:
@@ -207,49 +219,61 @@ class Normalizer:
         return x.float().div_(255.0)
 
     def standardize(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+        if self.mean.device != x.device:  # moved once: a copy to a GPU every call would wait for it
+            self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
+        return (x - self.mean) / self.std
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.standardize(self.to_unit(x))
 
 
-def _crop(x: torch.Tensor | LazyBatch, spec: AugmentSpec, norm: Normalizer, gen: torch.Generator) -> torch.Tensor:
-    """Random-resized-crop + flip, as [0, 1] floats on the batch's device."""
+def _crop(x: torch.Tensor | LazyBatch, spec: AugmentSpec, norm: Normalizer, d: Draws, cpu: Draws) -> torch.Tensor:
+    """Random-resized-crop + flip, as [0, 1] floats on the batch's device (``d`` there, ``cpu``
+    the same draws on the CPU, where a ``LazyBatch``'s crops are cut)."""
     if isinstance(x, LazyBatch):
-        theta = crop_flip_thetas(len(x.idx), spec, gen, aspect=x.images.aspect(x.idx))
+        theta = thetas(cpu, spec, aspect=x.images.aspect(x.idx))
         size = spec.out_size or x.images.shape[-1]
         return norm.to_unit(x.images.crops(x.idx, theta, size).to(x.device))
     unit = norm.to_unit(x)
-    theta = crop_flip_thetas(unit.shape[0], spec, gen).to(unit.device)
     n, c, h, w = unit.shape
     out_shape = [n, c, spec.out_size, spec.out_size] if spec.out_size else [n, c, h, w]
-    grid = F.affine_grid(theta, out_shape, align_corners=False)
+    grid = F.affine_grid(thetas(d, spec), out_shape, align_corners=False)
     return F.grid_sample(unit, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _rows(x: torch.Tensor | LazyBatch, part: slice | None) -> torch.Tensor | LazyBatch:
+    if part is None:
+        return x
+    return LazyBatch(x.images, x.idx[part], x.device) if isinstance(x, LazyBatch) else x[part]
 
 
 def augment(
     x: torch.Tensor | LazyBatch, spec: AugmentSpec, norm: Normalizer, gen: torch.Generator,
-    jitter_on: bool = True, view: int = 0,
+    jitter_on: bool = True, view: int = 0, part: slice | None = None,
 ) -> torch.Tensor:
     """One random view of a uint8 batch (or a ``LazyBatch``). (b, c, h, w) -> (b, c, s, s) float
 
     ``view`` (0 or 1) picks the per-view blur and solarization probabilities; ``jitter_on=False``
-    keeps only crop and flip (the fine-tuning augmentation)."""
-    out = _crop(x, spec, norm, gen)
+    keeps only crop and flip (the fine-tuning augmentation). With ``part`` the draws are made
+    for the whole batch (the generator advances as for all of it) and only those rows are
+    augmented: a data-parallel rank makes its slice of one process's views."""
+    n, c = x.shape[0], x.shape[1]
+    cpu = draw(n, view_columns(spec, c, view, jitter_on), gen)
+    if part is not None:
+        cpu = cpu.rows(part)
+    x = _rows(x, part)
+    d = cpu.to(x.device)
+    out = _crop(x, spec, norm, d, cpu)
     if jitter_on:
-        out = jitter(out, spec, gen)
-        if spec.grayscale_prob > 0:
-            out = random_grayscale(out, spec.grayscale_prob, gen)
-        if spec.blur_prob[view] > 0:
-            out = random_blur(out, spec.blur_prob[view], spec.blur_sigma, gen)
-        if spec.solarize_prob[view] > 0:
-            out = random_solarize(out, spec.solarize_prob[view], gen)
+        out = photometric(out, spec, d, view)
     return norm.standardize(out)
 
 
 def two_views(
-    x: torch.Tensor | LazyBatch, spec: AugmentSpec, norm: Normalizer, gen: torch.Generator
+    x: torch.Tensor | LazyBatch, spec: AugmentSpec, norm: Normalizer, gen: torch.Generator,
+    part: slice | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Two independent views of the same batch, VICReg-style (the second with the second
-    view's blur and solarization probabilities). uint8 (b,c,h,w) -> 2 x float"""
-    return augment(x, spec, norm, gen, view=0), augment(x, spec, norm, gen, view=1)
+    view's blur and solarization probabilities); ``part``: only those rows (see ``augment``).
+    uint8 (b,c,h,w) -> 2 x float"""
+    return augment(x, spec, norm, gen, view=0, part=part), augment(x, spec, norm, gen, view=1, part=part)

@@ -35,7 +35,9 @@ Box = tuple[float, float, float, float]  # (left, top, right, bottom) in pixels 
 
 
 def default_threads() -> int:
-    return min(8, os.cpu_count() or 1)
+    """Decoding threads: the run's torch threads (its share of the cores, set by embreg.run from
+    the launcher), at most 8."""
+    return max(1, min(8, torch.get_num_threads()))
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
