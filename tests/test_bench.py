@@ -61,6 +61,9 @@ def test_json_structure(quick: tuple[dict[str, Any], Path]) -> None:
     tp = saved["throughput"]
     assert tp["pretrain_images_per_sec"] > 0 and tp["bare_images_per_sec"] > 0
     assert tp["ratio"] == pytest.approx(tp["pretrain_images_per_sec"] / tp["bare_images_per_sec"])
+    assert tp["loss_ms"] > 0 and tp["loss_unmonitored_ms"] > 0  # the logging-only terms' cost, measured
+    assert tp["monitor_ms"] == pytest.approx(tp["loss_ms"] - tp["loss_unmonitored_ms"])
+    assert f"{tp['monitor_ms']:.1f} ms on a step where `pretrain.monitor_every` falls" in (out / "BENCH.md").read_text()
     assert {(r["last"], r["all"]) for r in saved["layers"]} == {("vicreg", "vicreg_all"), ("svmax", "svmax_all")}
     assert saved["gpu"] == "no GPU on this machine" or "device" in saved["gpu"]
     assert saved["gpu_eval"] == "needs a finished GPU run: --gpu-run-dir"

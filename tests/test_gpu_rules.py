@@ -114,6 +114,16 @@ def test_a_nan_loss_names_its_step_though_it_is_read_later(smoke_cfg, tmp_path, 
     assert len(calls) == 8  # read at the epoch's end: the steps after it ran, the run still stops
 
 
+def test_an_infinite_loss_is_named_before_the_eigensolver_fails_on_its_nan_weights(smoke_cfg, tmp_path):
+    """Step 0's loss is inf (a huge invariance coefficient), its update makes the weights NaN and
+    step 1's logged SVMax fails in the eigensolver, all before the first read: the run names step 0."""
+    cfg = smoke_cfg("objective=inv_only", "objective.invariance=1e300", "pretrain.epochs=1",
+                    "pretrain.steps_per_epoch=4")
+    train = load_split(cfg.paths.data, "fashion_mnist", train=True)
+    with pytest.raises(P.DivergedError, match=r"^loss is inf at epoch 0 step 0$"):
+        P.pretrain(cfg, _model(cfg), train, tmp_path / "inf.pt", progress=False)
+
+
 def test_both_views_spectra_in_one_call_equal_each_alone():
     """(2, b, d) -> (2,): values and gradients as two separate calls, on the float32 path and
     when one matrix needs float64 (then both take it)."""

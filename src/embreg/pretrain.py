@@ -254,6 +254,7 @@ def pretrain(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
             except torch.linalg.LinAlgError as exc:  # an eigensolver given a NaN embedding
+                read([0.0] * (len(SIGNALS) + 1))  # names an unread earlier step's non-finite loss first
                 raise DivergedError(f"loss is nan (SVD failed: {exc}) at epoch {epoch} step {i}") from None
             average_gradients(model)
             optimizer.step()
