@@ -11,8 +11,10 @@ import pytest
 from embreg.params import compose_run
 from tests.conftest import repro_copy
 
+# no sensitivity points (sweep_seeds=[]): the ablations and their sweeps are the default's (the next test) and
+# run in the default's own tests; here they would only add eight CPU runs to the suite
 SMOKE = ["pretrain.epochs=1", "pretrain.steps_per_epoch=1", "optim.batch_size=8", "backbone.projector=[32,32]",
-         "profile.device=cpu", "profile.seeds=[0,1]", "profile.sweep_seeds=[0]", "eval.probe_epochs=1",
+         "profile.device=cpu", "profile.seeds=[0,1]", "profile.sweep_seeds=[]", "eval.probe_epochs=1",
          "eval.finetune_epochs=[1,1]", "eval.finetune_batch_size=16", "eval.feature_batch_size=256",
          "eval.spectrum_size=8", "pretrain.monitor_every=1", "runtime.progress=false"]
 
