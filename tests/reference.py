@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from embreg import regularizers as R
+from embreg.terms import vicreg as R
 
 
 def vicreg_loss(

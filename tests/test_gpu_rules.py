@@ -12,12 +12,13 @@ import torch
 from torch import nn
 
 import embreg.pretrain as P
-from embreg import regularizers as R
 from embreg.data import Split, load_split
 from embreg.evaluate import local_batchnorm
 from embreg.metrics import recall_at_k, retrieval
 from embreg.models import build_model
 from embreg.optim import build_optimizer
+from embreg.terms import spectral as R
+from embreg.terms.svmax import svmax_loss
 
 
 def _model(cfg):
@@ -117,7 +118,7 @@ def test_a_nan_loss_names_its_step_though_it_is_read_later(smoke_cfg, tmp_path, 
 def test_an_infinite_loss_is_named_before_the_eigensolver_fails_on_its_nan_weights(smoke_cfg, tmp_path):
     """Step 0's loss is inf (a huge invariance coefficient), its update makes the weights NaN and
     step 1's logged SVMax fails in the eigensolver, all before the first read: the run names step 0."""
-    cfg = smoke_cfg("objective=inv_only", "objective.invariance=1e300", "pretrain.epochs=1",
+    cfg = smoke_cfg("objective=inv_only", "objective.terms.invariance=1e300", "pretrain.epochs=1",
                     "pretrain.steps_per_epoch=4")
     train = load_split(cfg.paths.data, "fashion_mnist", train=True)
     with pytest.raises(P.DivergedError, match=r"^loss is inf at epoch 0 step 0$"):
@@ -141,7 +142,7 @@ def test_both_views_spectra_in_one_call_equal_each_alone():
             torch.testing.assert_close(both[i], alone, rtol=1e-5, atol=0)
             torch.testing.assert_close(x.grad[i], xi.grad, rtol=1e-3, atol=1e-6)
     assert R.spectrum_precision(torch.nn.functional.normalize(torch.stack([healthy[0], collapsed]), dim=-1)) == "float64"
-    assert R.svmax_loss(healthy).shape == (2,)
+    assert svmax_loss(healthy).shape == (2,)
 
 
 def test_retrieval_without_a_gallery_is_left_out_and_recall_needs_two_samples():

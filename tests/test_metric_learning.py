@@ -11,9 +11,10 @@ import torch
 
 from embreg.data import class_indices, class_split, load_split
 from embreg.metrics import recall_at_k
-from embreg.objective import contrastive, metric_loss
+from embreg.objective import metric_loss
 from embreg.run import pretraining_split, run_one
 from embreg.rundir import run_dir
+from embreg.terms.contrastive import contrastive
 
 
 # ---------------------------------------------------------------- the contrastive loss by hand
@@ -57,7 +58,7 @@ def test_metric_loss_adds_svmax_only_when_asked(smoke_cfg):
     total, logged = metric_loss(z, y, plain)
     logged = {k: float(v) for k, v in logged.items()}
     assert logged["loss"] == pytest.approx(logged["contrastive"]) and 0 < logged["svmax"] < 1
-    with_sv = smoke_cfg("objective=contrastive_svmax", "objective.svmax=2.0").objective
+    with_sv = smoke_cfg("objective=contrastive_svmax", "objective.terms.svmax=2.0").objective
     total, logged = metric_loss(z, y, with_sv)
     logged = {k: float(v) for k, v in logged.items()}
     assert logged["loss"] == pytest.approx(logged["contrastive"] + 2 * logged["svmax"], rel=1e-6)

@@ -10,14 +10,39 @@ import pytest
 import torch
 
 from embreg import objective as O
-from embreg import regularizers as R
+from embreg import terms as T
 from embreg.config import ObjectiveConfig
+from embreg.terms import svmax as S
+from embreg.terms import vicreg as R
 from tests.reference import vicreg_loss
 
 B, D = 16, 8
 TAP_WIDTHS = {"layer1": 6, "layer3": 12, "layer2": 24}  # b < c and b >= c, unsorted on purpose
-REGS = ("variance", "covariance", "svmax")
+REGS = ("variance", "covariance", "svmax")  # the regularizers under test here
 BASE = {"variance": 25.0, "covariance": 1.0, "svmax": 0.5}
+
+
+def logged_by_ssl_arms() -> set[str]:
+    """The terms every self-supervised arm logs, trained or not (from the registry)."""
+    return {n for n in T.load().registered() if T.get(n).monitor and "ssl" in T.get(n).kinds and T.get(n).head is None}
+
+
+def objective(space: str = "raw", layers: str = "last", layer_weight: float = 1.0, invariance: float = 25.0,
+              variance: float = 25.0, covariance: float = 1.0, svmax: float = 0.0, **params) -> ObjectiveConfig:
+    """An ObjectiveConfig from coefficients and term parameters (gamma, eps, halve, form)."""
+    var = {k: params[k] for k in ("gamma", "eps", "halve") if k in params}
+    par = {**({"variance": var} if var else {}), **({"svmax": {"form": params["form"]}} if "form" in params else {})}
+    return ObjectiveConfig(space=space, layers=layers, layer_weight=layer_weight, params=par,
+                           terms={"invariance": invariance, "variance": variance, "covariance": covariance, "svmax": svmax})
+
+
+def view_invariance(z1: torch.Tensor, z2: torch.Tensor, space: str) -> torch.Tensor:
+    return R.invariance(z1, z2) if space == "raw" else R.sphere_invariance(z1, z2)
+
+
+def regularizer_terms(z1: torch.Tensor, z2: torch.Tensor, obj: ObjectiveConfig) -> dict[str, torch.Tensor]:
+    """The regularizers on one pair of embeddings, as the objective computes them."""
+    return O.term_values(O.Views((z1, z2), obj.space), obj, O.computed_terms(obj, regularizers_only=True))
 
 
 def ssl_loss(*args, **kwargs) -> tuple[torch.Tensor, dict[str, float]]:
@@ -30,7 +55,7 @@ def ssl_loss(*args, **kwargs) -> tuple[torch.Tensor, dict[str, float]]:
 
 
 def config(**overrides) -> ObjectiveConfig:
-    obj = ObjectiveConfig(**{**BASE, **overrides})
+    obj = objective(**{**BASE, **overrides})
     obj.validate()
     return obj
 
@@ -63,13 +88,14 @@ def np_space(z: torch.Tensor, space: str) -> torch.Tensor:
 
 
 def expected_terms(z1: torch.Tensor, z2: torch.Tensor, obj: ObjectiveConfig) -> dict[str, float]:
-    """Each regularizer by hand from the (separately tested) functions in embreg.regularizers."""
+    """Each regularizer by hand from the (separately tested) functions of embreg.terms."""
     e1, e2 = np_space(z1, obj.space), np_space(z2, obj.space)
     d1, d2 = z1.detach(), z2.detach()
+    var, form = T.get("variance").resolved(obj.params.get("variance")), T.get("svmax").resolved(obj.params.get("svmax"))
     return {
-        "variance": float(R.variance_term(e1, e2, obj.gamma, obj.var_eps, obj.var_halve)),
+        "variance": float(R.variance_term(e1, e2, var["gamma"], var["eps"], var["halve"])),
         "covariance": float(R.covariance_term(e1, e2)),
-        "svmax": float((R.svmax_loss(d1, obj.svmax_form) + R.svmax_loss(d2, obj.svmax_form)) / 2),
+        "svmax": float((S.svmax_loss(d1, form["form"]) + S.svmax_loss(d2, form["form"])) / 2),
     }
 
 
@@ -102,7 +128,7 @@ def graph_nodes(t: torch.Tensor) -> set[str]:
 )
 def test_last_layer_total_is_weighted_sum(space, coeffs):
     inv_c, var_c, cov_c, svm_c = coeffs
-    obj = ObjectiveConfig(space=space, invariance=inv_c, variance=var_c, covariance=cov_c, svmax=svm_c)
+    obj = objective(space=space, invariance=inv_c, variance=var_c, covariance=cov_c, svmax=svm_c)
     obj.validate()
     z1, z2 = views()
     t1, t2 = taps()
@@ -113,7 +139,7 @@ def test_last_layer_total_is_weighted_sum(space, coeffs):
     assert total.dim() == 0
     assert float(total.detach()) == pytest.approx(expected, rel=1e-10)
     # every term is logged (also those with coefficient 0)
-    assert set(logged) == {"invariance", *REGS, "loss"}
+    assert set(logged) == logged_by_ssl_arms() | {"loss"}
     assert logged["invariance"] == pytest.approx(inv, rel=1e-10)
     for name in REGS:
         assert logged[name] == pytest.approx(terms[name], rel=1e-10)
@@ -121,7 +147,7 @@ def test_last_layer_total_is_weighted_sum(space, coeffs):
 
 
 def test_default_raw_objective_is_vicreg():
-    obj = ObjectiveConfig()
+    obj = objective()
     z1, z2 = views(seed=3)
     total, _ = ssl_loss(z1, z2, {}, {}, obj)
     assert float(total.detach()) == pytest.approx(float(vicreg_loss(z1, z2)), rel=1e-12)
@@ -131,17 +157,17 @@ def test_default_raw_objective_is_vicreg():
     ("gamma", "halve", "form"), [(0.5, False, "exp"), (2.0, True, "neg_mean"), (1.0, False, "score")]
 )
 def test_options_are_passed_through(gamma, halve, form):
-    obj = ObjectiveConfig(gamma=gamma, var_halve=halve, svmax_form=form, svmax=1.0, var_eps=1e-3)
+    obj = objective(gamma=gamma, halve=halve, form=form, svmax=1.0, eps=1e-3)
     z1, z2 = views(seed=4)
     _, logged = ssl_loss(z1, z2, {}, {}, obj)
     v = R.variance(z1, gamma, 1e-3) + R.variance(z2, gamma, 1e-3)
     assert logged["variance"] == pytest.approx(float(v / 2 if halve else v), rel=1e-10)
-    svm = (R.svmax_loss(z1, form) + R.svmax_loss(z2, form)) / 2
+    svm = (S.svmax_loss(z1, form) + S.svmax_loss(z2, form)) / 2
     assert logged["svmax"] == pytest.approx(float(svm), rel=1e-10)
 
 
 def test_last_layer_ignores_taps():
-    obj = ObjectiveConfig(svmax=1.0, layers="last")
+    obj = objective(svmax=1.0, layers="last")
     z1, z2 = views(seed=5, grad=True)
     t1, t2 = taps(grad=True)
     total, logged = ssl_loss(z1, z2, t1, t2, obj)
@@ -158,7 +184,7 @@ def test_last_layer_ignores_taps():
 def test_zero_coefficient_has_no_grad_path(space, zero):
     obj = config(space=space, **{zero: 0.0})
     z1, z2 = views(seed=6)
-    terms = O.regularizer_terms(z1.requires_grad_(), z2.requires_grad_(), obj)
+    terms = regularizer_terms(z1.requires_grad_(), z2.requires_grad_(), obj)
     assert not terms[zero].requires_grad  # computed for logging only
     assert float(terms[zero]) == pytest.approx(expected_terms(z1, z2, obj)[zero], rel=1e-10)
     assert float(terms[zero]) != 0.0
@@ -185,13 +211,13 @@ def test_zero_coefficient_contributes_nothing(layers, zero):
     y1, y2 = z1.detach().clone().requires_grad_(), z2.detach().clone().requires_grad_()
     u1 = {n: t.detach().clone() for n, t in t1.items()}
     u2 = {n: t.detach().clone() for n, t in t2.items()}
-    ref = 25.0 * O.view_invariance(y1, y2, "raw")
+    ref = 25.0 * view_invariance(y1, y2, "raw")
     for name in REGS:
         if name == zero:
             continue
-        ref = ref + BASE[name] * O.regularizer_terms(y1, y2, obj)[name]
+        ref = ref + BASE[name] * regularizer_terms(y1, y2, obj)[name]
         if layers == "all":
-            ref = ref + BASE[name] * sum(O.regularizer_terms(u1[n], u2[n], obj)[name] for n in sorted(u1))
+            ref = ref + BASE[name] * sum(regularizer_terms(u1[n], u2[n], obj)[name] for n in sorted(u1))
     ref.backward()
     torch.testing.assert_close(grads[0], y1.grad, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(grads[1], y2.grad, rtol=1e-10, atol=1e-12)
@@ -210,14 +236,23 @@ def test_zero_term_absent_from_autograd_graph(zero, marker):
     assert marker not in graph_nodes(total_off)
 
 
-def test_zero_invariance_coefficient_gives_zero_invariance_gradient():
-    obj = ObjectiveConfig(invariance=0.0, variance=0.0, covariance=0.0, svmax=0.0)
+def test_an_objective_that_trains_no_term_is_refused():
+    obj = objective(invariance=0.0, variance=0.0, covariance=0.0, svmax=0.0)
+    z1, z2 = views(seed=9, grad=True)
+    with pytest.raises(ValueError, match="trains no term"):
+        ssl_loss(z1, z2, {}, {}, obj)
+
+
+def test_zero_invariance_coefficient_gives_no_invariance_gradient():
+    """Invariance at 0 is logged, computed without gradient: only the other terms train."""
+    obj = objective(invariance=0.0, variance=1.0, covariance=0.0, svmax=0.0)
     z1, z2 = views(seed=9, grad=True)
     total, logged = ssl_loss(z1, z2, {}, {}, obj)
-    assert float(total.detach()) == 0.0
-    assert logged["invariance"] > 0.0
+    assert logged["invariance"] > 0.0 and float(total.detach()) == pytest.approx(logged["variance"], rel=1e-12)
     total.backward()
-    assert torch.count_nonzero(z1.grad) == 0 and torch.count_nonzero(z2.grad) == 0
+    y1, y2 = z1.detach().clone().requires_grad_(), z2.detach().clone().requires_grad_()
+    R.variance_term(y1, y2).backward()
+    torch.testing.assert_close(z1.grad, y1.grad, rtol=1e-12, atol=1e-15)
 
 
 # ---------------------------------------------------------------------- layers = "all"
@@ -225,7 +260,7 @@ def test_zero_invariance_coefficient_gives_zero_invariance_gradient():
 @pytest.mark.parametrize("layer_weight", [1.0, 0.2, 2.0])
 def test_all_layers_adds_weighted_stage_sums(space, layer_weight):
     coeffs = {"invariance": 25.0, "variance": 25.0, "covariance": 1.0, "svmax": 0.7}
-    obj = ObjectiveConfig(space=space, layers="all", layer_weight=layer_weight, **coeffs)
+    obj = objective(space=space, layers="all", layer_weight=layer_weight, **coeffs)
     z1, z2 = views(seed=11)
     t1, t2 = taps()
     total, logged = ssl_loss(z1, z2, t1, t2, obj)
@@ -247,14 +282,14 @@ def test_all_layers_adds_weighted_stage_sums(space, layer_weight):
 
 def test_all_layers_sum_not_average():
     """With taps identical to the final embedding, each stage adds the final term once more."""
-    obj_all = ObjectiveConfig(layers="all", svmax=1.0)
-    obj_last = ObjectiveConfig(layers="last", svmax=1.0)
+    obj_all = objective(layers="all", svmax=1.0)
+    obj_last = objective(layers="last", svmax=1.0)
     z1, z2 = views(seed=12)
     t1 = {"a": z1.clone(), "b": z1.clone()}
     t2 = {"a": z2.clone(), "b": z2.clone()}
     total_all, logged = ssl_loss(z1, z2, t1, t2, obj_all)
     total_last, _ = ssl_loss(z1, z2, t1, t2, obj_last)
-    regs = sum(getattr(obj_all, n) * logged[n] for n in REGS)
+    regs = sum(obj_all.terms[n] * logged[n] for n in REGS)
     assert float(total_all.detach()) == pytest.approx(float(total_last.detach()) + 2 * regs, rel=1e-12)
     for name in REGS:
         assert logged[f"{name}_stages"] == pytest.approx(2 * logged[name], rel=1e-12)
@@ -262,8 +297,8 @@ def test_all_layers_sum_not_average():
 
 def test_all_layers_without_taps_equals_last():
     z1, z2 = views(seed=13)
-    total_all, logged = ssl_loss(z1, z2, {}, {}, ObjectiveConfig(layers="all", svmax=0.3))
-    total_last, _ = ssl_loss(z1, z2, {}, {}, ObjectiveConfig(layers="last", svmax=0.3))
+    total_all, logged = ssl_loss(z1, z2, {}, {}, objective(layers="all", svmax=0.3))
+    total_last, _ = ssl_loss(z1, z2, {}, {}, objective(layers="last", svmax=0.3))
     assert float(total_all.detach()) == pytest.approx(float(total_last.detach()), rel=1e-12)
     assert all(logged[f"{n}_stages"] == 0.0 for n in REGS)
 
@@ -317,11 +352,11 @@ def test_stage_gradient_scales_with_layer_weight(name):
 @pytest.mark.parametrize("bad", [-0.1, math.inf, math.nan])
 def test_layer_weight_must_be_finite_and_non_negative(bad):
     with pytest.raises(ValueError, match="objective.layer_weight must be finite and >= 0"):
-        ObjectiveConfig(layers="all", layer_weight=bad).validate()
+        objective(layers="all", layer_weight=bad).validate()
 
 
 def test_all_layers_gradient_reaches_taps():
-    obj = ObjectiveConfig(layers="all", svmax=1.0)
+    obj = objective(layers="all", svmax=1.0)
     z1, z2 = views(seed=14, grad=True)
     t1, t2 = taps(grad=True)
     total, _ = ssl_loss(z1, z2, t1, t2, obj)
@@ -335,7 +370,7 @@ def test_all_layers_gradient_reaches_taps():
 @pytest.mark.parametrize("space", ["raw", "l2"])
 @pytest.mark.parametrize("layers", ["last", "all"])
 def test_gradcheck_ssl_loss(space, layers):
-    obj = ObjectiveConfig(space=space, layers=layers, variance=2.0, covariance=1.0, svmax=0.5)
+    obj = objective(space=space, layers=layers, variance=2.0, covariance=1.0, svmax=0.5)
     widths = [4, 4, 3, 8, 3, 8]  # z1, z2, then taps a (b >= c) and b (b < c) of each view
     inputs = tuple(rand(6, w, 20 + i, 0.5).requires_grad_() for i, w in enumerate(widths))
 
@@ -349,7 +384,7 @@ def test_gradcheck_ssl_loss(space, layers):
 @pytest.mark.parametrize(("b", "d"), [(8, 4), (4, 8), (32, 16)])
 def test_l2_invariance_is_two_minus_two_cos(b, d):
     z1, z2 = rand(b, d, 30), rand(b, d, 31)
-    got = float(O.view_invariance(z1, z2, "l2"))
+    got = float(view_invariance(z1, z2, "l2"))
     n1 = z1 / z1.norm(dim=1, keepdim=True)
     n2 = z2 / z2.norm(dim=1, keepdim=True)
     sq = float((n1 - n2).pow(2).sum(dim=1).mean())
@@ -361,15 +396,15 @@ def test_l2_invariance_is_two_minus_two_cos(b, d):
 
 def test_l2_invariance_known_values():
     z = rand(8, 4, 32)
-    assert float(O.view_invariance(z, 5.0 * z, "l2")) == pytest.approx(0.0, abs=1e-14)  # row scale ignored
-    assert float(O.view_invariance(z, -z, "l2")) == pytest.approx(4.0, rel=1e-12)  # opposite rows
+    assert float(view_invariance(z, 5.0 * z, "l2")) == pytest.approx(0.0, abs=1e-14)  # row scale ignored
+    assert float(view_invariance(z, -z, "l2")) == pytest.approx(4.0, rel=1e-12)  # opposite rows
     e = torch.eye(4, dtype=torch.float64)
-    assert float(O.view_invariance(e, e.roll(1, dims=1), "l2")) == pytest.approx(2.0, rel=1e-12)  # orthogonal
+    assert float(view_invariance(e, e.roll(1, dims=1), "l2")) == pytest.approx(2.0, rel=1e-12)  # orthogonal
 
 
 def test_raw_invariance_is_mse():
     z1, z2 = rand(8, 4, 33), rand(8, 4, 34)
-    assert float(O.view_invariance(z1, z2, "raw")) == pytest.approx(expected_invariance(z1, z2, "raw"), rel=1e-12)
+    assert float(view_invariance(z1, z2, "raw")) == pytest.approx(expected_invariance(z1, z2, "raw"), rel=1e-12)
 
 
 def test_to_space():
@@ -385,7 +420,7 @@ def test_to_space():
 
 def test_l2_space_variance_sees_scaled_sphere():
     """In l2 space the raw scale of z does not matter to any term."""
-    obj = ObjectiveConfig(space="l2", svmax=1.0)
+    obj = objective(space="l2", svmax=1.0)
     z1, z2 = views(seed=36)
     _, small = ssl_loss(z1, z2, {}, {}, obj)
     _, big = ssl_loss(100.0 * z1, 100.0 * z2, {}, {}, obj)
@@ -397,7 +432,7 @@ def test_l2_space_variance_sees_scaled_sphere():
 def test_without_monitor_only_the_trained_terms_are_computed(layers):
     """``monitor=False`` (a step between ``pretrain.monitor_every``): the terms the arm does not
     train with are neither computed nor logged; the loss and what is logged of it are unchanged."""
-    obj = ObjectiveConfig(space="l2", variance=0.0, covariance=0.0, svmax=1.0, layers=layers)
+    obj = objective(space="l2", variance=0.0, covariance=0.0, svmax=1.0, layers=layers)
     z1, z2 = views()
     t1, t2 = taps()
     total, logged = ssl_loss(z1, z2, t1, t2, obj)

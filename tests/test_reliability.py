@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from embreg import terms
 from embreg.attempt import RunLock, RunLockedError, alive, attempt_dir, finite, strict_json
 from embreg.checks import ConfigError
 from embreg.data import DataUnavailableError
-from embreg.fingerprint import code_hash
+from embreg.fingerprint import run_fingerprint
 from embreg.io import write_json
 from embreg.params import LocalParams, PipelineParams, load_params
 from embreg.pretrain import CheckpointWarning
@@ -61,11 +62,11 @@ def finished(smoke_cfg):
 
 
 # ---------------------------------------------------------------- 1. a bad config deletes nothing
-@pytest.mark.parametrize("bad", ["objective.space=sphere", "optim.batch_size=1", "objective.svmax=-1",
-                                 "objective.gamma=nan"])
+@pytest.mark.parametrize("bad", ["objective.space=sphere", "optim.batch_size=1", "+objective.terms.svmax=-1",
+                                 "+objective.params.variance.gamma=nan", "+objective.terms.nosuch=1"])
 def test_bad_config_is_refused_before_anything_is_written(finished, smoke_cfg, bad):
     cfg, rd, before = finished
-    with pytest.raises(ConfigError, match=bad.split("=")[0].replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=bad.split("=")[0].lstrip("+").replace(".", r"\.")):
         run_one(smoke_cfg("objective=random_init", bad))
     assert _snapshot(rd) == before
 
@@ -101,17 +102,19 @@ def test_failed_retrain_keeps_the_old_result_and_a_finished_one_replaces_it(fini
     shutil.copytree(cfg.paths.data, broken)
     test_images = broken / "fashion_mnist" / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte"
     test_images.write_bytes(test_images.read_bytes()[:1000])  # training data fine, test split truncated
-    changed = smoke_cfg("objective=random_init", "eval.knn_temperature=0.1", f"paths.data={broken}")
+    # a retrain by the sweep (runtime.replace: the directory is its to update)
+    changed = smoke_cfg("objective=random_init", "eval.knn_temperature=0.1", f"paths.data={broken}",
+                        "runtime.replace=true")
     status = run_one(changed)
     assert status["state"] == "failed"
     assert _snapshot(rd) == before  # the older result is untouched
     assert (attempt_dir(rd) / "error.txt").is_file()
     plan_states = _states(changed, ["layers"])
     assert plan_states[Job("random_init", 0)] == "failed"  # the latest attempt is what is reported
-    again = smoke_cfg("objective=random_init", "eval.knn_temperature=0.1")
+    again = smoke_cfg("objective=random_init", "eval.knn_temperature=0.1", "runtime.replace=true")
     assert run_one(again)["state"] == "done"
     after = json.loads((rd / "metrics.json").read_text())
-    assert after["fingerprint"] == again.fingerprint(code_hash()) != json.loads(before["metrics.json"][0])["fingerprint"]
+    assert after["fingerprint"] == run_fingerprint(again) != json.loads(before["metrics.json"][0])["fingerprint"]
     assert not attempt_dir(rd).exists()
 
 
@@ -173,7 +176,8 @@ def test_diverged_run_exits_non_zero(smoke_cfg):
     cfg = smoke_cfg()
     res = _train(cfg, "objective=vicreg", "optim.name=sgd", "optim.lr=1e30", "eval.semi_supervised=false")
     assert res.returncode == 1, res.stderr[-2000:]
-    assert "vicreg seed0: diverged (loss is" in res.stdout
+    # a hand run with overrides has a place of its own, named after what it changes
+    assert "vicreg@name=sgd@lr=1e+30 seed0: diverged (loss is" in res.stdout
 
 
 # -------------------------------------------------------- 7. one unreadable status.json
@@ -270,7 +274,10 @@ def test_truncated_mirror_file_and_read_only_data_dir_are_one_line(tmp_path, fmn
 
 # ------------------------------------------------------------------------- 10. validation gaps
 @pytest.mark.parametrize("override, message", [
-    ("objective.gamma=nan", "objective.gamma=nan: must be a finite number > 0"),
+    ("objective.params.variance.gamma=nan", "objective.params.variance.gamma=nan: must be a finite number > 0"),
+    ("+objective.params.variance.gama=1", "objective.params.variance.gama=1: term 'variance' has no parameter "
+                                          "'gama'; valid: gamma, eps, halve"),
+    ("+objective.terms.barlow_twins=1", "objective.terms.barlow_twins=1.0: unknown loss term; valid: {terms}"),
     ("seed=-1", "seed=-1: must be an integer >= 0"),
     ("optim.batch_size=10000", "optim.batch_size=10000: must be <= the 500 images of fashion_mnist's training split"),
 ])
@@ -278,7 +285,7 @@ def test_validation_names_key_value_and_what_is_allowed(smoke_cfg, override, mes
     cfg = smoke_cfg("objective=vicreg", override)
     with pytest.raises(ConfigError) as err:
         run_one(cfg)
-    assert str(err.value) == f"invalid config: {message}"
+    assert str(err.value) == "invalid config: " + message.format(terms=", ".join(terms.load().registered()))
     assert not run_dir(cfg).exists()
 
 
@@ -300,10 +307,17 @@ def test_bad_params_yaml_is_one_line_at_every_entry_point(tmp_path, capsys, edit
     assert capsys.readouterr().err == f"error: {tmp_path / 'params.yaml'}: {message}\n"
 
 
-def test_check_overrides_composes_like_a_run():
-    check_overrides(["profile=smoke", "objective=svmax", "optim.lr=0.1"])
+def test_check_overrides_composes_like_a_run(prepared_data):
+    data = f"paths.data={prepared_data}"
+    check_overrides(["profile=smoke", "objective=svmax", "optim.lr=0.1", data])
     with pytest.raises(ConfigError, match="the config has no key 'foo'"):
-        check_overrides(["foo.bar=1"])
+        check_overrides(["foo.bar=1", data])
+    with pytest.raises(ConfigError, match="the config has no key 'pretrain.foo'; pretrain has: epochs, "):
+        check_overrides(["profile=smoke", "+pretrain.foo=1", data])  # Hydra adds it; the run would drop it
+    with pytest.raises(ConfigError, match=r"optim\.batch_size=0: must be an integer >= 2"):
+        check_overrides(["-m", "profile=smoke", "optim.batch_size=32,0", data])  # every value of a sweep
+    with pytest.raises(DataUnavailableError, match="is not prepared under"):
+        check_overrides(["profile=smoke", "paths.data=/nonexistent"])
 
 
 def test_plan_validation_reads_the_data_once_per_dataset(smoke_cfg):

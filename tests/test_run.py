@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
 import yaml
 
+from embreg.checks import ConfigError
+from embreg.fingerprint import run_fingerprint
 from embreg.run import run_one
 from embreg.rundir import checkpoint_path, run_dir, run_id
 
 
 def test_run_writes_config_metrics_history_and_is_reused(smoke_cfg):
-    cfg = smoke_cfg("objective=svmax", "seed=1")
+    cfg = smoke_cfg("objective=svmax", "seed=1", "eval.semi_supervised=true")
     status = run_one(cfg)
     rd = run_dir(cfg)
     assert status["state"] == "done", status
@@ -25,21 +28,25 @@ def test_run_writes_config_metrics_history_and_is_reused(smoke_cfg):
     assert set(metrics["collapse"]) == {"backbone", "projector", "layer1", "layer2", "layer3"}
     assert metrics["collapse"]["projector"]["dim"] == 64 and metrics["collapse"]["layer1"]["dim"] == 64
     assert len(json.loads((rd / "history.json").read_text())) == cfg.pretrain.epochs
-    assert yaml.safe_load((rd / "config.yaml").read_text())["objective"]["svmax"] == 1.0
+    assert yaml.safe_load((rd / "config.yaml").read_text())["objective"]["terms"]["svmax"] == 1.0
     assert checkpoint_path(cfg).is_file()
     # a second call with the same config and code reuses the result
     before = (rd / "metrics.json").stat().st_mtime_ns
     assert run_one(cfg)["state"] == "done"
     assert (rd / "metrics.json").stat().st_mtime_ns == before
     # a changed hyperparameter is another fingerprint: retrained, not reused
-    changed = smoke_cfg("objective=svmax", "seed=1", "optim.lr=0.002")
-    assert changed.fingerprint() != cfg.fingerprint()
+    changed = smoke_cfg("objective=svmax", "seed=1", "eval.semi_supervised=true", "optim.lr=0.002")
+    assert run_fingerprint(changed) != run_fingerprint(cfg)
+    with pytest.raises(ConfigError, match="holds a finished run of another config"):
+        run_one(changed)  # by hand: never over a result it was not meant for
+    assert (rd / "metrics.json").stat().st_mtime_ns == before
+    changed.runtime.replace = True  # the sweep's jobs: the directory is theirs
     run_one(changed)
     assert (rd / "metrics.json").stat().st_mtime_ns != before
 
 
 def test_swept_key_names_the_run(smoke_cfg):
-    cfg = smoke_cfg("objective=svmax", "objective.svmax=0.1", "tag_keys=[objective.svmax]")
+    cfg = smoke_cfg("objective=svmax", "objective.terms.svmax=0.1", "tag_keys=[objective.terms.svmax]")
     assert run_id(cfg) == "svmax@svmax=0.1"
 
 
@@ -56,7 +63,7 @@ def test_a_failing_run_records_its_error_instead_of_raising(smoke_cfg, tmp_path)
     good = smoke_cfg().paths.data
     shutil.copytree(good, data)
     shutil.rmtree(data / "fashion_mnist" / "subsets")
-    cfg = smoke_cfg("objective=inv_only", f"paths.data={data}")
+    cfg = smoke_cfg("objective=inv_only", f"paths.data={data}", "eval.semi_supervised=true")
     status = run_one(cfg)
     assert status["state"] == "failed"
     assert "train_1pct" in status["error"]

@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 
 from embreg.config import PathsConfig, RunConfig
+from embreg.fingerprint import fingerprint_of, fingerprint_parts, run_fingerprint
 from embreg.rundir import (
     FINISHED,
     IN_FLIGHT,
@@ -50,22 +51,27 @@ def test_unknown_state_in_a_file_fails():
 
 
 def test_paths_and_status_round_trip(tmp_path):
-    cfg = RunConfig(arm="svmax", seed=2, tag_keys=["objective.svmax"],
+    cfg = RunConfig(arm="svmax", seed=2, tag_keys=["objective.terms.svmax"],
                     paths=PathsConfig(results=str(tmp_path / "res"), checkpoints=str(tmp_path / "ck")))
-    cfg = replace(cfg, objective=replace(cfg.objective, svmax=0.3))
+    cfg = replace(cfg, objective=replace(cfg.objective, space="l2", terms={"invariance": 1.0, "svmax": 0.3}))
     assert run_id(cfg) == "svmax@svmax=0.3"
     assert run_dir(cfg) == tmp_path / "res" / "runs" / "svmax@svmax=0.3" / "seed2"
     assert checkpoint_path(cfg) == tmp_path / "ck" / "svmax@svmax=0.3" / "seed2" / "last.pt"
     rd = run_dir(cfg)
     assert read_status(rd) == {"state": "missing"}
-    assert observe(cfg, "code").state == State.MISSING
-    fp = cfg.fingerprint("code")
-    write_status(rd, {"state": State.DONE, "fingerprint": fp})
-    assert json.loads((rd / "status.json").read_text()) == {"state": "done", "fingerprint": fp}
-    assert not is_finished(cfg, fp) and observe(cfg, "code").state == State.INCOMPLETE  # no metrics.json
+    assert observe(cfg).state == State.MISSING
+    parts = fingerprint_parts(cfg)
+    fp = run_fingerprint(cfg)
+    write_status(rd, {"state": State.DONE, "fingerprint": fp, "fingerprint_parts": parts})
+    assert json.loads((rd / "status.json").read_text())["fingerprint"] == fp
+    assert not is_finished(cfg) and observe(cfg).state == State.INCOMPLETE  # no metrics.json
     (rd / "metrics.json").write_text('{"linear_top1": 50.0}')
-    assert is_finished(cfg, fp) and not is_finished(cfg, cfg.fingerprint("other code"))
-    seen = observe(cfg, "other code")
-    assert seen.state == State.STALE and seen.status["fingerprint"] == fp
+    assert is_finished(cfg) and is_finished(cfg, fp) and not is_finished(cfg, "another fingerprint")
+    assert observe(cfg).state == State.DONE
+    # the same run finished by other training code: stale, and the status says which part changed
+    old = {**parts, "train": "0" * 16, "term:svmax": "1" * 16}
+    write_status(rd, {"state": State.DONE, "fingerprint": fingerprint_of(old), "fingerprint_parts": old})
+    seen = observe(cfg)
+    assert seen.state == State.STALE and seen.why == ["code: train, term:svmax"]
     with pytest.raises(ValueError):
         write_status(rd, {"state": "finished"})

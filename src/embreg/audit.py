@@ -148,6 +148,7 @@ def audit(
         raise CheckpointError(f"the network's conv1 takes {net.in_channels}-channel images; {dataset}'s have "
                               f"{ds.in_channels} (only grey images may be fed to a 3-channel network, repeated)")
     model = build_model(net.backbone, net.in_channels, net.num_classes)
+    state = {k: v for k, v in state.items() if not k.startswith("heads.")}  # loss terms' heads: not measured
     if "head.weight" not in state:  # a torchvision file or a backbone alone: the head is never used here
         state = {**state, **{f"head.{k}": v for k, v in model.head.state_dict().items()}}
     try:

@@ -12,7 +12,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from embreg.config import LAYERS, OBJECTIVE_KINDS, PRECISIONS, SPACES, TRAINED_KINDS, RunConfig
+from embreg.config import (
+    LAYERS,
+    OBJECTIVE_KINDS,
+    PRECISIONS,
+    SPACES,
+    TRAINED_KINDS,
+    ObjectiveConfig,
+    RunConfig,
+)
 from embreg.registry import UnknownNameError
 
 DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
@@ -59,7 +67,6 @@ def problems(cfg: RunConfig) -> list[str]:
     from embreg.data import DATASETS
     from embreg.models import BACKBONES, STEMS
     from embreg.optim import OPTIMIZERS
-    from embreg.regularizers import SVMAX_FORMS
 
     c = _Collector()
     ds, obj, opt, ev = cfg.dataset, cfg.objective, cfg.optim, cfg.eval
@@ -93,13 +100,8 @@ def problems(cfg: RunConfig) -> list[str]:
     c.choice("objective.kind", obj.kind, OBJECTIVE_KINDS)
     c.choice("objective.space", obj.space, SPACES)
     c.choice("objective.layers", obj.layers, LAYERS)
-    c.choice("objective.svmax_form", obj.svmax_form, SVMAX_FORMS)
-    for term in ("invariance", "variance", "covariance", "svmax"):
-        c.number(f"objective.{term}", getattr(obj, term), 0)
+    c.out += term_problems(obj)
     c.number("objective.layer_weight", obj.layer_weight, 0)
-    c.number("objective.gamma", obj.gamma, 0, lo_open=True)
-    c.number("objective.var_eps", obj.var_eps, 0, lo_open=True)
-    c.number("objective.margin", obj.margin, 0, 2, lo_open=True)
     c.choice("optim.name", opt.name, OPTIMIZERS.names())
     c.number("optim.lr", opt.lr, 0, lo_open=True)
     c.number("optim.weight_decay", opt.weight_decay, 0)
@@ -115,6 +117,8 @@ def problems(cfg: RunConfig) -> list[str]:
     c.choice("pretrain.precision", cfg.pretrain.precision, PRECISIONS)
     if ev.probe_train_size is not None:
         c.number("eval.probe_train_size", ev.probe_train_size, 1, integer=True)
+    if ev.test_size is not None:  # kNN and recall@k need a query and one more image
+        c.number("eval.test_size", ev.test_size, 2, integer=True)
     c.number("eval.probe_epochs", ev.probe_epochs, 1, integer=True)
     c.number("eval.probe_lr", ev.probe_lr, 0, lo_open=True)
     for key in ("probe_batch_size", "finetune_batch_size", "feature_batch_size", "spectrum_size"):
@@ -140,8 +144,37 @@ def problems(cfg: RunConfig) -> list[str]:
         for part in key.split("."):
             node = node.get(part, KeyError) if isinstance(node, dict) else KeyError
         if node is KeyError:
-            c.out.append(_bad("tag_keys", key, "each must be a dotted key of the config, e.g. objective.svmax"))
+            c.out.append(_bad("tag_keys", key, "each must be a dotted key of the config, e.g. objective.terms.svmax"))
     c.out += path_problems(cfg)
+    return c.out
+
+
+def term_problems(obj: ObjectiveConfig) -> list[str]:
+    """The objective's terms against the registry (embreg.terms): known names, coefficients >= 0,
+    each trained term fitting the arm's kind, parameters known and valid; an arm of a training
+    kind trains at least one term (the supervised reference trains its cross-entropy)."""
+    from embreg import terms as T
+
+    c, known = _Collector(), T.load()
+    for name, coeff in obj.terms.items():
+        if name not in known:
+            c.out.append(_bad(f"objective.terms.{name}", coeff, f"unknown loss term; valid: {', '.join(known.registered())}"))
+            continue
+        c.number(f"objective.terms.{name}", coeff, 0)
+        kinds = known.get(name).kinds
+        if _num(coeff) and coeff > 0 and obj.kind not in kinds:
+            c.out.append(_bad(f"objective.terms.{name}", coeff, f"term {name!r} fits objective kinds "
+                              f"{', '.join(kinds)}, not {obj.kind!r}"))
+    for name, given in obj.params.items():
+        if name not in known:
+            c.out.append(_bad(f"objective.params.{name}", given, f"unknown loss term; valid: {', '.join(known.registered())}"))
+        elif not isinstance(given, dict):
+            c.out.append(_bad(f"objective.params.{name}", given, "must be a mapping of the term's parameters"))
+        else:
+            c.out += known.get(name).problems(given, f"objective.params.{name}")
+    if obj.kind in ("ssl", "metric") and not any(_num(v) and v > 0 for v in obj.terms.values()):
+        c.out.append(_bad("objective.terms", dict(obj.terms), "an ssl or metric arm trains at least one term "
+                          "(a coefficient > 0)"))
     return c.out
 
 
@@ -199,102 +232,3 @@ def validate(cfg: RunConfig, with_data: bool = True) -> None:
         found = data_problems(cfg)
     if found:
         raise ConfigError("invalid config: " + "; ".join(found))
-
-
-def explain_hydra(exc: Exception, overrides: list[str]) -> str:
-    """Hydra's multi-line composition error as one line naming the override at fault."""
-    if malformed := override_problems(overrides):
-        return malformed[0]
-    if m := re.search(r"Could not find '([^']+)/([^'/]+)'", str(exc)):  # an unknown group choice
-        return f"unknown {m.group(1)} {m.group(2)!r}; valid: " + ", ".join(re.findall(r"^\t(\S+)$", str(exc), re.M))
-    cause = exc.__cause__ or exc
-    text = str(cause).strip()
-    first = text.splitlines()[0] if text else type(cause).__name__
-    m = re.search(r"full_key: (\S+)", text)
-    key = m.group(1) if m else ""
-    names = [(o, o.lstrip("+~").partition("=")[0]) for o in overrides]
-    ov = next((o for o, n in names if key and (n == key or n.startswith(key + "."))), key)
-    if " not in " in first and key:
-        parent, _, leaf = key.rpartition(".")
-        return f"override {ov!r}: the config has no key {key!r}; {parent or 'the top level'} has: {', '.join(_keys(parent))}"
-    return f"override {ov!r}: {first}"
-
-
-def _keys(dotted: str) -> list[str]:
-    """The keys under ``dotted`` in the run config's schema."""
-    node: Any = asdict(RunConfig())
-    for part in filter(None, dotted.split(".")):
-        node = node.get(part) if isinstance(node, dict) else None
-    return sorted(node) if isinstance(node, dict) else []
-
-
-# params.yaml: its sections and keys, and the rule each value follows
-PARAMS_KEYS = ("profile", "dataset", "overrides", "data", "launcher", "local", "slurm")
-DATA_KEYS = ("dir", "mirrors", "mirror")
-LAUNCHERS = ("local", "slurm")  # also embreg.params.LAUNCHERS (params imports this module lazily)
-LOCAL_KEYS = {"max_parallel": 0, "threads_per_job": 1, "gpus": 0, "jobs_per_gpu": 1}  # key -> least allowed
-SLURM_INTS = {"nodes": 1, "tasks_per_node": 1, "gpus_per_node": 0, "cpus_per_task": 1, "timeout_min": 1,
-              "max_num_timeout": 0, "array_parallelism": 1, "cpus_per_gpu": 1, "mem_gb_per_gpu": 1}
-NOT_NULL = ("gpus", "jobs_per_gpu", "cpus_per_gpu", "mem_gb_per_gpu")  # launcher keys without an unset state
-SLURM_OTHER = ("partition", "account", "qos", "constraint", "mem_gb", "additional_parameters")
-
-
-def _unknown(where: str, keys: Any, valid: tuple[str, ...] | list[str]) -> list[str]:
-    import difflib
-
-    out = []
-    for k in keys:
-        if k not in valid:
-            near = difflib.get_close_matches(str(k), valid, n=1)
-            out.append(f"{where}: unknown key {k!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
-                       + f"; valid: {', '.join(valid)}")
-    return out
-
-
-def params_problems(raw: Any, where: str = "params.yaml", sections: tuple[str, ...] = PARAMS_KEYS) -> list[str]:
-    """Every problem of a params.yaml (or params.local.yaml, with its launcher ``sections``)."""
-    if not isinstance(raw, dict):
-        return [f"{where}: must be a mapping of keys ({', '.join(sections)}), got {type(raw).__name__}"]
-    out = _unknown(where, raw, sections)
-    c = _Collector()
-    if "profile" in raw and not isinstance(raw["profile"], str):
-        c.out.append(_bad("profile", raw["profile"], "must be the name of a file in conf/profile/"))
-    ov = raw.get("overrides") or []
-    if not isinstance(ov, list) or not all(isinstance(o, str) for o in ov):
-        c.out.append(_bad("overrides", ov, "must be a list of key=value strings"))
-    else:
-        out += [f"{where}: overrides: {p}" for p in override_problems(ov)]
-    data = raw.get("data") or {}
-    if not isinstance(data, dict):
-        c.out.append(_bad("data", data, f"must be a mapping with {', '.join(DATA_KEYS)}"))
-    else:
-        out += _unknown(f"{where}: data", data, DATA_KEYS)
-    if "launcher" in raw:
-        c.choice("launcher", raw["launcher"], LAUNCHERS)
-    for section, ints, others in (("local", LOCAL_KEYS, ()), ("slurm", SLURM_INTS, SLURM_OTHER)):
-        sec = raw.get(section) or {}
-        if not isinstance(sec, dict):
-            c.out.append(_bad(section, sec, "must be a mapping"))
-            continue
-        out += _unknown(f"{where}: {section}", sec, (*ints, *others))
-        for key, least in ints.items():
-            if key in sec and (sec[key] is not None or key in NOT_NULL):
-                c.number(f"{section}.{key}", sec[key], least, integer=True)
-        if section == "slurm" and sec.get("mem_gb") is not None:
-            c.number("slurm.mem_gb", sec["mem_gb"], 0, lo_open=True)
-    return out + [f"{where}: {p}" for p in c.out]
-
-
-def override_problems(overrides: list[str]) -> list[str]:
-    """One line per override that does not parse as Hydra's key=value."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    parser = OverridesParser.create()
-    out = []
-    for ov in overrides:
-        try:
-            parser.parse_override(ov)
-        except HydraException:
-            out.append(f"malformed override {ov!r}; an override is key=value, e.g. optim.lr=0.01")
-    return out

@@ -6,19 +6,17 @@ registry owns (datasets, backbones, SVMax forms) are checked when a run starts (
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from embreg.ablation import AblationConfig
 from embreg.registry import check_choice
 
 OBJECTIVE_KINDS = ("ssl", "supervised", "untrained", "pixels", "metric")
 TRAINED_KINDS = ("ssl", "supervised", "metric")  # the kinds that pretrain a network
 SPACES = ("raw", "l2")
 LAYERS = ("last", "all")
-STUDIES = ("", "learning_rate", "batch_size")
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -59,7 +57,8 @@ class BackboneConfig:
 
 @dataclass
 class ObjectiveConfig:
-    """Which terms an arm trains with and in which space; coefficients are >= 0."""
+    """Which loss terms an arm trains with (embreg.terms), their coefficients and parameters, in
+    which space and on which layers."""
 
     name: str = "vicreg"
     # ssl | supervised (cross-entropy, a reference) | untrained (random init, evaluated as is) |
@@ -67,28 +66,25 @@ class ObjectiveConfig:
     # contrastive loss on the first half of the classes, recall@k on the other half: the SVMax paper's)
     kind: str = "ssl"
     space: str = "raw"  # raw: VICReg's own space; l2: rows l2-normalized first (SVMax's space)
-    invariance: float = 25.0
-    variance: float = 25.0
-    covariance: float = 1.0
-    svmax: float = 0.0
+    # term -> coefficient (>= 0); a term absent or at 0 is not trained (it may still be logged)
+    terms: dict[str, float] = field(default_factory=dict)
+    # term -> its parameters, e.g. {variance: {gamma: 1.0}}; absent ones take the term's defaults
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
     layers: str = "last"  # last: final embedding only; all: also every stage's pooled output
     # all: each stage's regularizers times this weight on top of the final embedding's (full) ones
     layer_weight: float = 1.0
-    # variance target std; in l2 space (sqrt(d) * unit rows) gamma = 1 is the hinge at 1/sqrt(d)
-    gamma: float = 1.0
-    var_eps: float = 1e-4
-    var_halve: bool = True  # official code halves the variance term; the paper's Eq. 1 does not
-    svmax_form: str = "score"
-    margin: float = 0.5  # metric: the contrastive margin between unit vectors (distances in [0, 2])
+
+    def trained(self) -> dict[str, float]:
+        """The terms this arm trains with (coefficient > 0), as written."""
+        return {k: v for k, v in self.terms.items() if v > 0}
 
     def validate(self) -> None:
         check_choice("objective kind", self.kind, OBJECTIVE_KINDS)
         check_choice("embedding space", self.space, SPACES)
         check_choice("layer setting", self.layers, LAYERS)
-        for term in ("invariance", "variance", "covariance", "svmax"):
-            value = getattr(self, term)
+        for term, value in self.terms.items():
             if not value >= 0:  # also catches NaN
-                raise ValueError(f"coefficient objective.{term} must be >= 0, got {value}")
+                raise ValueError(f"coefficient objective.terms.{term} must be >= 0, got {value}")
         if not 0 <= self.layer_weight < math.inf:  # also catches NaN
             raise ValueError(f"objective.layer_weight must be finite and >= 0, got {self.layer_weight}")
 
@@ -124,6 +120,7 @@ class PretrainConfig:
 @dataclass
 class EvalConfig:
     probe_train_size: int | None = None  # None: all training images
+    test_size: int | None = None  # None: the whole test split; N: a fixed (seed 0) subset of N test images
     probe_epochs: int = 100
     probe_lr: float = 0.02
     probe_batch_size: int = 256
@@ -173,51 +170,9 @@ class RuntimeConfig:
     # logged terms stay on the device, read (a wait for a GPU) every this many steps, at epoch ends
     log_every: int = 50
     checkpoint_every_s: float = 300.0  # at least this often, at epoch ends and on USR2/TERM; 0: every step
-
-
-@dataclass
-class AblationConfig:
-    """One ablation: the arms it compares, their seeds, and coefficient-sensitivity sweeps; or one
-    robustness study (``study``: learning_rate | batch_size), whose analysis draws and tests curves."""
-
-    name: str = ""
-    title: str = ""
-    question: str = ""
-    arms: list[str] = field(default_factory=list)
-    baselines: list[str] = field(default_factory=lambda: ["pixels", "random_init", "supervised"])
-    # each sweep: {arm, key: <dotted config key>, values: [...]}, optionally `paired: {<key>: [one
-    # value per point]}` (e.g. steps at equal images); values may scale the profile's: ${times:..}
-    sweeps: list[dict[str, Any]] = field(default_factory=list)
-    seeds: list[int] = field(default_factory=lambda: [0, 1])
-    sweep_seeds: list[int] = field(default_factory=lambda: [0, 1])
-    sweep_overrides: list[str] = field(default_factory=lambda: ["eval.semi_supervised=false"])  # no fine-tuning
-    # [arm, reference] run-id pairs the analysis tests (a sweep point's id: <arm>@<key's last part>=<value>)
-    comparisons: list[list[str]] = field(default_factory=list)
-    study: str = ""  # "" (an ablation) | learning_rate | batch_size: embreg.analysis.studies
-
-    def __post_init__(self) -> None:
-        # composing an ablation (embreg.params.compose_run) builds this object: fail there
-        self.validate()
-
-    def run_ids(self) -> list[str]:
-        """The ablation's arms, baselines and sweep points, by run id."""
-        points = [f"{sw['arm']}@{str(sw['key']).split('.')[-1]}={_as_schema_type(sw['key'], v)}"
-                  for sw in self.sweeps for v in sw.get("values", [])]
-        return [*self.arms, *self.baselines, *points]
-
-    def validate(self) -> None:
-        check_choice(f"ablation {self.name} study", self.study, STUDIES)
-        for sw in self.sweeps:
-            for key, vals in (sw.get("paired") or {}).items():
-                if len(vals) != len(sw.get("values", [])):
-                    raise ValueError(f"ablation {self.name}: sweep of {sw.get('key')} pairs {key} with "
-                                     f"{len(vals)} values for its {len(sw.get('values', []))} points")
-        valid = self.run_ids()
-        for pair in self.comparisons:
-            if len(pair) != 2:
-                raise ValueError(f"ablation {self.name}: each comparison is [arm, reference], got {list(pair)}")
-            for run in pair:
-                check_choice(f"ablation {self.name} comparison run", run, valid)
+    # true (the sweep's jobs): a finished run of another config in this run's directory is replaced;
+    # false (a run by hand): refused, so a hand run never overwrites a result it was not meant for
+    replace: bool = False
 
 
 @dataclass
@@ -226,7 +181,7 @@ class RunConfig:
 
     arm: str = "vicreg"  # chosen with objective=<name>; conf/config.yaml sets arm to its name
     seed: int = 0
-    # swept keys that become part of the run's name, e.g. [objective.svmax] -> svmax@svmax=0.3
+    # swept keys that become part of the run's name, e.g. [objective.terms.svmax] -> svmax@svmax=0.3
     tag_keys: list[str] = field(default_factory=list)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -261,24 +216,17 @@ class RunConfig:
         d = asdict(self)
         for key in ("paths", "runtime", "ablation", "tag_keys"):
             d.pop(key)
-        for key in ("seeds", "sweep_seeds", "baselines"):  # the run's own seed is recorded; the lists are not
+        # which seeds and ablations a sweep selects changes no run: the run's own seed is recorded
+        for key in ("seeds", "sweep_seeds", "baselines", "ablations"):
             d["profile"].pop(key)
+        obj = d["objective"]  # only what trains: a term at 0 (logged at most) changes no network
+        obj["terms"] = {k: v for k, v in obj["terms"].items() if v > 0}
+        obj["params"] = {k: v for k, v in obj["params"].items() if k in obj["terms"]}
         return d
 
-    def fingerprint(self, code_hash: str = "") -> str:
-        blob = json.dumps({"config": self.science(), "code": code_hash}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _as_schema_type(key: str, value: Any) -> Any:
-    """A swept value as the typed run config holds it (``10`` for a float key is ``10.0``), so
-    an id built from the ablation file matches embreg.run.run_id's."""
-    default: Any = RunConfig()
-    for part in str(key).split("."):
-        default = getattr(default, part, None)
-    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    return value
+AblationConfig.run_schema = RunConfig  # the schema its sweep keys are typed by (embreg.ablation)
 
 
 def register_configs() -> None:

@@ -15,9 +15,21 @@ import torch
 import torch.nn.functional as F
 
 from embreg.data import class_indices, class_split
-from embreg.regularizers import svmax_bounds
 
 DEAD_STD = 1e-2  # a dimension whose std is below this carries (almost) no information
+
+
+def svmax_bounds(b: int, d: int) -> tuple[float, float]:
+    """Bounds on the mean singular value of a (b, d) matrix with unit-norm rows.
+
+    With k = min(b, d) singular values whose squares sum to ||E||_F^2 = b:
+    lower L = sqrt(b) / k (rank one: all rows equal, sigma_1 = sqrt(b), others 0),
+    upper U = sqrt(b / k) (all k singular values equal). Valid for b < d and b >= d.
+    """
+    if b < 1 or d < 1:
+        raise ValueError(f"need b >= 1 and d >= 1, got b={b}, d={d}")
+    k = min(b, d)
+    return math.sqrt(b) / k, math.sqrt(b / k)
 
 
 def singular_values(e: torch.Tensor) -> torch.Tensor:

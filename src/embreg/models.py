@@ -8,7 +8,7 @@ import torch
 import torchvision
 from torch import nn
 
-from embreg.config import BackboneConfig
+from embreg.config import BackboneConfig, ObjectiveConfig
 from embreg.registry import Registry, check_choice
 
 BACKBONES: Registry = Registry("backbone")
@@ -99,6 +99,9 @@ class EmbeddingModel(nn.Module):
         self.embed_dim = cfg.projector[-1] if cfg.projector else self.backbone.feat_dim
         self.head = nn.Linear(self.backbone.feat_dim, num_classes)
         self.channels_last = cfg.channels_last
+        # the modules some loss terms put on top of the projector (SimSiam's predictor), by term:
+        # embreg.terms.Term.head, added by ``add_term_heads`` (none for most arms)
+        self.heads = nn.ModuleDict()
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -109,8 +112,23 @@ class EmbeddingModel(nn.Module):
         return self.projector(feats.backbone), feats
 
 
-def build_model(cfg: BackboneConfig, in_channels: int, num_classes: int) -> EmbeddingModel:
+def build_model(cfg: BackboneConfig, in_channels: int, num_classes: int,
+                objective: ObjectiveConfig | None = None) -> EmbeddingModel:
+    """The arm's network: backbone + projector (+ classifier head), and the heads of the loss
+    terms ``objective`` trains with (drawn after the rest, from the same global generator)."""
     model = EmbeddingModel(cfg, in_channels, num_classes)
+    if objective is not None:
+        add_term_heads(model, objective)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def add_term_heads(model: EmbeddingModel, objective: ObjectiveConfig) -> None:
+    """Build ``model.heads[term]`` for every trained term that declares a head (embreg.terms)."""
+    from embreg import terms as T
+
+    for name in T.ordered(objective.trained()):
+        t = T.get(name)
+        if t.head is not None:
+            model.heads[name] = t.head(model.embed_dim, **t.resolved(objective.params.get(name)))

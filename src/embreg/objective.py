@@ -1,8 +1,9 @@
-"""An arm's training objective: which terms, in which space, on which layers (and, for the
-metric-learning arms, the contrastive loss with or without SVMax).
+"""An arm's training objective: the weighted sum of the loss terms it trains with (embreg.terms),
+in its embedding space, on the final embedding and, for the all-layer arms, on every stage.
 
-``ssl_loss`` returns every term's value on the final embedding (for the loss-term curves, also
-the terms an arm does not train with, computed without gradient) and the weighted total.
+``objective_loss`` returns the weighted total and every computed term's value: the trained terms
+and, for the loss-term curves, the terms the arm does not train with that are logged anyway
+(``Term.monitor``), computed without gradient.
 
 Layers (ablation C). The all-layer arm is the last-layer arm plus the same regularizers on every
 stage's pooled output: the final embedding keeps its full coefficients (on one batch the
@@ -11,19 +12,17 @@ gradient reaching it is the last-layer arm's), and each stage term is added on t
 (A. Taha's review "Feature Embedding Regularizers: SVMax & VICReg"), and VCReg's per-block
 regularization (Zhu et al., 2023). Averaging over layers instead would hand the final embedding
 1/(1 + n_stages) of its coefficient and so change two things at once.
-
-Metric learning (the SVMax paper's retrieval setting): the contrastive loss of Hadsell, Chopra,
-LeCun, "Dimensionality Reduction by Learning an Invariant Mapping", CVPR 2006.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from embreg import regularizers as R
+from embreg import terms as T
 from embreg.config import ObjectiveConfig
 from embreg.distributed import gather_with_grad
 
@@ -39,38 +38,67 @@ def to_space(z: torch.Tensor, space: str) -> torch.Tensor:
     raise ValueError(f"unknown embedding space {space!r}; valid: raw, l2")
 
 
-def view_invariance(z1: torch.Tensor, z2: torch.Tensor, space: str) -> torch.Tensor:
-    """The arm's invariance loss in its space (``regularizers.invariance`` is VICReg's MSE).
-    raw: that MSE. l2: mean_i ||n1_i - n2_i||^2 = 2 - 2 cos, the unit-sphere distance SVMax's
-    embeddings live under (Taha et al. 2021 normalize rows before the SVD)."""
-    if space == "raw":
-        return R.invariance(z1, z2)
-    to_space(z1, space)  # validates the name
-    n1, n2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
-    return (n1 - n2).pow(2).sum(dim=1).mean()
+@dataclass
+class Views:
+    """What a term sees of one batch: the projector outputs of its views (two for the
+    self-supervised arms, one labelled view for the metric-learning arms), each (b, d) float32
+    on this rank's rows, the arm's space, the labels, and the outputs of the terms' heads.
+
+    ``gathered()`` and ``embedded()`` are computed once and shared by the terms that ask: the
+    batch gathered across ranks (the identity on one process), and that in the arm's space."""
+
+    z: tuple[torch.Tensor, ...]
+    space: str = "raw"
+    labels: torch.Tensor | None = None
+    heads: dict[str, tuple[torch.Tensor, ...]] = field(default_factory=dict)  # term -> its head per view
+    _grad: bool = field(default_factory=torch.is_grad_enabled)  # the graph the shared tensors belong to
+    _cache: dict[str, tuple[torch.Tensor, ...]] = field(default_factory=dict)
+
+    def _shared(self, key: str, make) -> tuple[torch.Tensor, ...]:
+        if key not in self._cache:
+            with torch.set_grad_enabled(self._grad):  # a logged-only term may ask first, under no_grad
+                self._cache[key] = tuple(make())
+        return self._cache[key]
+
+    def gathered(self) -> tuple[torch.Tensor, ...]:
+        """Each view gathered across ranks: (b * world, d) each, differentiable."""
+        return self._shared("gathered", lambda: (gather_with_grad(z) for z in self.z))
+
+    def embedded(self) -> tuple[torch.Tensor, ...]:
+        """The gathered views in the arm's space (``to_space``)."""
+        return self._shared("embedded", lambda: (to_space(g, self.space) for g in self.gathered()))
+
+    def gathered_labels(self) -> torch.Tensor:
+        if self.labels is None:
+            raise ValueError("this term needs labels: it fits the metric-learning arms only (objective.kind: metric)")
+        return self._shared("labels", lambda: (gather_with_grad(self.labels),))[0]
 
 
-def regularizer_terms(
-    z1: torch.Tensor, z2: torch.Tensor, obj: ObjectiveConfig, monitor: bool = True
-) -> dict[str, torch.Tensor]:
-    """variance, covariance and SVMax (as ``1 - score`` etc.) on embeddings gathered across
-    ranks; a term whose coefficient is 0 is computed without gradient, for logging only, and
-    only when ``monitor`` (``pretrain.monitor_every``)."""
-    g1, g2 = gather_with_grad(z1), gather_with_grad(z2)
-    e1, e2 = to_space(g1, obj.space), to_space(g2, obj.space)
+def computed_terms(obj: ObjectiveConfig, monitor: bool = True, regularizers_only: bool = False) -> list[str]:
+    """The terms an arm computes, in the fixed order they are summed in: the ones it trains
+    with, and with ``monitor`` the logged-only ones that fit its kind and need no head."""
+    trained = obj.trained()
+    names = []
+    for name in T.load().registered():
+        t = T.get(name)
+        if regularizers_only and not t.regularizer:
+            continue
+        if name in trained or (monitor and t.monitor and obj.kind in t.kinds and t.head is None):
+            names.append(name)
+    return names
+
+
+def term_values(views: Views, obj: ObjectiveConfig, names: list[str]) -> dict[str, torch.Tensor]:
+    """Each named term on ``views``; one the arm does not train with is computed without gradient."""
     out = {}
-    specs = {
-        "variance": lambda: R.variance_term(e1, e2, obj.gamma, obj.var_eps, obj.var_halve),
-        "covariance": lambda: R.covariance_term(e1, e2),
-        # both views in one eigensolver call: (2, b, d) -> (2,), their mean
-        "svmax": lambda: R.svmax_loss(torch.stack([g1, g2]), obj.svmax_form).mean(),
-    }
-    for name, fn in specs.items():
-        if getattr(obj, name) > 0:
-            out[name] = fn()
-        elif monitor:
+    for name in names:
+        t = T.get(name)
+        params = t.resolved(obj.params.get(name))
+        if obj.terms.get(name, 0) > 0:
+            out[name] = t.fn(views, **params)
+        else:
             with torch.no_grad():
-                out[name] = fn()
+                out[name] = t.fn(views, **params)
     return out
 
 
@@ -79,90 +107,61 @@ def stage_terms(
 ) -> dict[str, torch.Tensor]:
     """Each regularizer summed over the stages' pooled outputs (taps: name -> (b, c)), unweighted.
     Without taps every sum is 0. A ``layer_weight`` of 0 keeps them out of the graph (logging only)."""
+    names = computed_terms(obj, monitor, regularizers_only=True)
     if not taps1:
         zero = torch.zeros(())
-        return {k: zero for k in ("variance", "covariance", "svmax") if monitor or getattr(obj, k) > 0}
+        return {k: zero for k in names}
     with torch.set_grad_enabled(torch.is_grad_enabled() and obj.layer_weight > 0):
-        per_stage = [regularizer_terms(taps1[n], taps2[n], obj, monitor) for n in sorted(taps1)]
-    return {k: torch.stack([t[k] for t in per_stage]).sum() for k in per_stage[0]}
+        per_stage = [term_values(Views((taps1[n], taps2[n]), obj.space), obj, names) for n in sorted(taps1)]
+    return {k: torch.stack([t[k] for t in per_stage]).sum() for k in names}
 
 
-def ssl_loss(
-    z1: torch.Tensor,
-    z2: torch.Tensor,
-    taps1: dict[str, torch.Tensor],
-    taps2: dict[str, torch.Tensor],
-    obj: ObjectiveConfig,
-    monitor: bool = True,
+def objective_loss(
+    views: Views, obj: ObjectiveConfig, monitor: bool = True,
+    taps: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted total and the logged terms (detached 0-d tensors on the embedding's device: reading
     them as numbers waits for the device, which the training loop does only every few steps).
-    z: (b, d) projector outputs; taps: name -> (b, c).
 
-    total = invariance * inv(z) + sum_t coeff_t * (t(z) + layer_weight * sum_stages t(tap)),
-    the stage sum only with ``layers == "all"``. Invariance is always on the final embedding.
-    Logged: each term on the final embedding (``variance``, ...), and for the all-layer arm
-    the weighted stage sum (``variance_stages`` = layer_weight * sum over stages), so
-    ``loss = invariance_coeff * invariance + sum_t coeff_t * (t + t_stages)``. Without ``monitor``
-    the terms the arm does not train with are left out (not computed).
+    total = sum_t coeff_t * (t(z) + layer_weight * sum_stages t(tap)), over the terms the arm
+    trains with, the stage sum only for regularizers with ``layers == "all"``. Logged: each
+    computed term on the final embedding (``variance``, ...), for the all-layer arm the weighted
+    stage sum (``variance_stages`` = layer_weight * sum over stages), and ``loss``. Without
+    ``monitor`` the terms the arm does not train with are left out (not computed).
     """
-    inv = view_invariance(z1, z2, obj.space)
-    terms = regularizer_terms(z1, z2, obj, monitor)
-    logged = {"invariance": inv.detach(), **{k: v.detach() for k, v in terms.items()}}
-    total = obj.invariance * inv
-    for name, value in terms.items():
-        coeff = getattr(obj, name)
+    values = term_values(views, obj, computed_terms(obj, monitor))
+    logged = {k: v.detach() for k, v in values.items()}
+    total = None
+    for name, value in values.items():
+        coeff = obj.terms.get(name, 0)
         if coeff > 0:
-            total = total + coeff * value
-    if obj.layers == "all":
-        for name, value in stage_terms(taps1, taps2, obj, monitor).items():
+            total = coeff * value if total is None else total + coeff * value
+    if total is None:
+        raise ValueError(f"objective {obj.name!r} trains no term: give one of {', '.join(T.load().registered())} "
+                         "a coefficient > 0 in objective.terms")
+    if obj.layers == "all" and taps is not None:
+        for name, value in stage_terms(*taps, obj, monitor).items():
             weighted = obj.layer_weight * value
             logged[f"{name}_stages"] = weighted.detach()
-            coeff = getattr(obj, name)
+            coeff = obj.terms.get(name, 0)
             if coeff > 0 and obj.layer_weight > 0:
                 total = total + coeff * weighted
     logged["loss"] = total.detach()
     return total, logged
 
 
+def ssl_loss(
+    z1: torch.Tensor, z2: torch.Tensor, taps1: dict[str, torch.Tensor], taps2: dict[str, torch.Tensor],
+    obj: ObjectiveConfig, monitor: bool = True, heads: dict[str, tuple[torch.Tensor, ...]] | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """A self-supervised arm's loss on two views' projector outputs z (b, d) and stage taps
+    (name -> (b, c)); ``heads``: each head-carrying term's outputs per view."""
+    return objective_loss(Views((z1, z2), obj.space, heads=heads or {}), obj, monitor, (taps1, taps2))
+
+
 def metric_loss(
     z: torch.Tensor, labels: torch.Tensor, obj: ObjectiveConfig, monitor: bool = True
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Supervised metric learning (``kind: metric``): the contrastive loss on the l2-normalized
-    embedding, plus ``svmax`` times SVMax's loss on it, as in the SVMax paper's retrieval
-    experiments. Both on the batch gathered across ranks. z: (b, d), labels: (b,).
-    Logged (detached 0-d tensors): ``contrastive``, ``svmax`` (computed without gradient when its
-    coefficient is 0, and then only when ``monitor``), ``loss``."""
-    g, y = gather_with_grad(z), gather_with_grad(labels)
-    con = contrastive(g, y, obj.margin)
-    logged = {"contrastive": con.detach()}
-    total = con
-    if obj.svmax > 0 or monitor:
-        with torch.set_grad_enabled(torch.is_grad_enabled() and obj.svmax > 0):
-            sv = R.svmax_loss(g, obj.svmax_form)
-        logged["svmax"] = sv.detach()
-        total = con + obj.svmax * sv if obj.svmax > 0 else con
-    return total, {**logged, "loss": total.detach()}
-
-
-def contrastive(e: torch.Tensor, labels: torch.Tensor, margin: float = 0.5) -> torch.Tensor:
-    """Pairwise contrastive loss (Hadsell et al., 2006) on the l2-normalized rows of ``e``, over
-    every pair i < j of the batch: a same-class pair costs d_ij^2, a pair of different classes
-    max(0, margin - d_ij)^2, d the Euclidean distance between unit vectors (in [0, 2]). The two
-    kinds are averaged separately and added, so that the batch's class balance does not weigh
-    one against the other; a kind the batch has no pair of contributes 0. (b, d), (b,) -> ()"""
-    if e.dim() != 2:
-        raise ValueError(f"e must be a (batch, dim) matrix, got shape {tuple(e.shape)}")
-    if labels.shape != (e.shape[0],):
-        raise ValueError(f"labels must have shape ({e.shape[0]},), got {tuple(labels.shape)}")
-    n = F.normalize(e, dim=1)
-    # squared distance between unit vectors: 2 - 2 cos (clamped: rounding can dip below 0)
-    d2 = (2 - 2 * n @ n.T).clamp_min(0)
-    i, j = torch.triu_indices(len(e), len(e), offset=1, device=e.device)
-    d2, same = d2[i, j], labels[i] == labels[j]
-    zero = e.sum() * 0  # keeps the graph (and the dtype) when a kind has no pair
-    pos = d2[same].mean() if same.any() else zero
-    # sqrt's gradient is infinite at 0: a negative pair at distance 0 is pushed by its clamp
-    d = d2[~same].clamp_min(1e-12).sqrt()
-    neg = F.relu(margin - d).pow(2).mean() if (~same).any() else zero
-    return pos + neg
+    """A metric-learning arm's loss (``kind: metric``, e.g. the contrastive loss plus SVMax, as in
+    the SVMax paper's retrieval experiments) on one labelled view. z: (b, d), labels: (b,)."""
+    return objective_loss(Views((z,), obj.space, labels=labels), obj, monitor)

@@ -87,9 +87,10 @@ def _section(cls: type, *layers: dict[str, Any] | None) -> Any:
 
 
 def read_params_file(path: str | Path, sections: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """A params file's mapping, checked first (embreg.checks.params_problems): unknown keys,
+    """A params file's mapping, checked first (embreg.params_checks.params_problems): unknown keys,
     bad values and malformed overrides are each one line of the ConfigError raised."""
-    from embreg.checks import PARAMS_KEYS, ConfigError, params_problems
+    from embreg.checks import ConfigError
+    from embreg.params_checks import PARAMS_KEYS, params_problems
 
     try:
         raw = yaml.safe_load(Path(path).read_text()) or {}
@@ -186,7 +187,8 @@ def compose_run(profile: str, overrides: list[str] | None = None):
         from hydra.errors import HydraException
         from omegaconf.errors import OmegaConfBaseException
 
-        from embreg.checks import ConfigError, explain_hydra
+        from embreg.checks import ConfigError
+        from embreg.overrides import explain_hydra
 
         if isinstance(exc, HydraException | OmegaConfBaseException):
             raise ConfigError(explain_hydra(exc, list(overrides or []))) from None

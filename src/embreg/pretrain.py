@@ -104,8 +104,10 @@ def train_step(
     with _autocast(cfg, v1.device):
         z1, f1 = model(v1, taps=taps)
         z2, f2 = model(v2, taps=taps)
+        heads = {name: (h(z1), h(z2)) for name, h in model.heads.items()}  # e.g. SimSiam's predictor
     t1, t2 = ({k: v.float() for k, v in f.taps.items()} for f in (f1, f2))
-    return ssl_loss(z1.float(), z2.float(), t1, t2, obj, monitor)
+    heads = {name: tuple(p.float() for p in out) for name, out in heads.items()}
+    return ssl_loss(z1.float(), z2.float(), t1, t2, obj, monitor, heads)
 
 
 def _autocast(cfg: RunConfig, device: torch.device) -> torch.autocast:

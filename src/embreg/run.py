@@ -23,8 +23,8 @@ from embreg.attempt import RunLock, finite, publish, work_dir
 from embreg.config import RunConfig
 from embreg.data import Split, class_indices, class_split, load_split, load_unlabeled
 from embreg.distributed import DistInfo, barrier, init_from_env
-from embreg.evaluate import evaluate_model, evaluate_pixels
-from embreg.fingerprint import code_hash
+from embreg.evaluate import evaluate_model, evaluate_pixels, probe_subset
+from embreg.fingerprint import fingerprint_of, fingerprint_parts
 from embreg.io import available_cores, git_revision, write_json, write_text
 from embreg.models import build_model
 from embreg.pretrain import DivergedError, pretrain, read_checkpoint
@@ -68,11 +68,14 @@ def run_one(cfg: RunConfig) -> dict[str, Any]:
     run and RunLockedError when another process trains this run, before anything is written.
     With several processes (a multi-task SLURM job) every rank trains; rank 0 alone evaluates
     and writes the run directory."""
-    fp = cfg.fingerprint(code_hash())
-    rd = run_dir(cfg)
+    checks.validate(cfg, with_data=False)  # a bad config is refused even where a result sits
+    parts = fingerprint_parts(cfg)
+    fp, rd = fingerprint_of(parts), run_dir(cfg)
     if is_finished(cfg, fp):
         return read_status(rd)
     checks.validate(cfg)  # every problem at once, data-aware too, before anything is written or deleted
+    if not cfg.runtime.replace:
+        refuse_other_config(rd, parts["config"])
     dist = init_from_env(torch.device(cfg.profile.device).type)
     if not dist.is_main:
         _train_and_evaluate(cfg, rd, fp, dist)
@@ -80,17 +83,28 @@ def run_one(cfg: RunConfig) -> dict[str, Any]:
     with RunLock(lock_path(cfg), f"run {run_id(cfg)} seed{cfg.seed}"):
         if is_finished(cfg, fp):  # another process finished it while this one waited
             return read_status(rd)
-        return _attempt(cfg, rd, fp, dist)
+        return _attempt(cfg, rd, parts, dist)
 
 
-def _attempt(cfg: RunConfig, rd: Path, fp: str, dist: DistInfo) -> dict[str, Any]:
+def refuse_other_config(rd: Path, config: str) -> None:
+    """A run by hand never replaces a finished run of another config: ConfigError, one line."""
+    status = read_status(rd)
+    recorded = (status.get("fingerprint_parts") or {}).get("config")
+    if status.get("state") == State.DONE.value and recorded not in (None, config):
+        raise checks.ConfigError(
+            f"{rd} holds a finished run of another config; tag_keys=[<key>,...] or paths.results=<dir> gives "
+            "this one a place of its own, runtime.replace=true replaces it")
+
+
+def _attempt(cfg: RunConfig, rd: Path, parts: dict[str, str], dist: DistInfo) -> dict[str, Any]:
     """One attempt, under the run's lock. It works in ``rd``, or beside it while ``rd`` holds a
     result, which is then replaced only by a finished one (embreg.attempt)."""
+    fp = fingerprint_of(parts)
     wd = work_dir(rd)
     wd.mkdir(parents=True, exist_ok=True)
     for stale in ("metrics.json", "error.txt"):
         (wd / stale).unlink(missing_ok=True)
-    meta = {"run_id": run_id(cfg), "arm": cfg.arm, "seed": cfg.seed, "fingerprint": fp,
+    meta = {"run_id": run_id(cfg), "arm": cfg.arm, "seed": cfg.seed, "fingerprint": fp, "fingerprint_parts": parts,
             "git_revision": git_revision(), "host": socket.gethostname(), "pid": os.getpid(),
             "world_size": dist.world_size, **job_info()}
     write_text(wd / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
@@ -148,12 +162,12 @@ def _train_and_evaluate(cfg: RunConfig, rd: Path, fp: str, dist: DistInfo) -> di
         device = torch.device("cuda", torch.cuda.current_device())  # set by init_from_env
     ds = cfg.dataset
     train = load_split(cfg.paths.data, ds.name, train=True, image_size=ds.image_size)
-    test = load_split(cfg.paths.data, ds.name, train=False, image_size=ds.image_size)
+    test = probe_subset(load_split(cfg.paths.data, ds.name, train=False, image_size=ds.image_size), cfg.eval.test_size)
     if cfg.objective.kind == "pixels":  # a reference without a network
         t1 = time.time()
         return {**evaluate_pixels(cfg, train, test), "eval_seconds": time.time() - t1}
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.backbone, ds.in_channels, ds.num_classes).to(device)
+    model = build_model(cfg.backbone, ds.in_channels, ds.num_classes, cfg.objective).to(device)
     if device.type == "cuda" and dist.world_size > 1:  # BN statistics over the global batch
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ckpt = checkpoint_path(cfg)

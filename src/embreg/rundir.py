@@ -15,6 +15,7 @@ from typing import Any
 
 from embreg.attempt import LOCK, alive, finished, latest_status, read_status_file
 from embreg.config import RunConfig
+from embreg.fingerprint import fingerprint_of, fingerprint_parts, run_fingerprint, stale_reasons
 from embreg.io import write_json
 
 STATUS_FILE = "status.json"
@@ -107,20 +108,23 @@ def judge(status: dict[str, Any], fingerprint: str) -> State:
 
 @dataclass
 class Observed:
-    """A run as its directory shows it: the judged state, the status behind it and its file."""
+    """A run as its directory shows it: the judged state, the status behind it and its file;
+    for a stale run, why (embreg.fingerprint.stale_reasons: config, which code parts)."""
 
     state: State
     status: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    why: list[str] = field(default_factory=list)
 
 
-def observe(cfg: RunConfig, code: str) -> Observed:
-    """The one "finished" rule: done only with status done, this fingerprint and a valid
-    metrics.json (embreg.attempt.finished). Otherwise the latest attempt's status (beside a
+def observe(cfg: RunConfig) -> Observed:
+    """The one "finished" rule: done only with status done, this checkout's fingerprint and a
+    valid metrics.json (embreg.attempt.finished). Otherwise the latest attempt's status (beside a
     kept result, or in the run directory): a result of other config or code is stale, one
     without valid metrics incomplete, 'running' whose process is gone interrupted, a status
     file that does not parse unreadable. All but done need a run."""
-    rd, fp = run_dir(cfg), cfg.fingerprint(code)
+    parts = fingerprint_parts(cfg)
+    rd, fp = run_dir(cfg), fingerprint_of(parts)
     if finished(rd, fp):
         return Observed(State.DONE, read_status(rd), rd / STATUS_FILE)
     status, path = latest_status(rd)
@@ -129,8 +133,11 @@ def observe(cfg: RunConfig, code: str) -> Observed:
     if state == State.DONE:
         state = State.INCOMPLETE
         status = {**status, "error": f"status done but {rd / 'metrics.json'} is missing or not valid JSON"}
-    return Observed(state, status, path)
+    why = stale_reasons(status.get("fingerprint_parts"), parts) if state == State.STALE else []
+    return Observed(state, status, path, why)
 
 
-def is_finished(cfg: RunConfig, fingerprint: str) -> bool:
-    return finished(run_dir(cfg), fingerprint)
+def is_finished(cfg: RunConfig, fingerprint: str | None = None) -> bool:
+    """Whether the run directory holds a finished result with ``fingerprint`` (default: this
+    checkout's for ``cfg``)."""
+    return finished(run_dir(cfg), fingerprint or run_fingerprint(cfg))

@@ -21,8 +21,8 @@ ABLATIONS: dict[str, dict[str, Any]] = {
                      "arms": ["inv_only", "vicreg_nocov", "var_l2", "svmax"],
                      "comparisons": [["svmax", "vicreg_nocov"], ["var_l2", "vicreg_nocov"],
                                      ["inv_only", "vicreg_nocov"]],
-                     "sweeps": [("var_l2", "objective.variance", [0.1, 10.0]),
-                                ("svmax", "objective.svmax", [0.1, 10.0])]},
+                     "sweeps": [("var_l2", "objective.terms.variance", [0.1, 10.0]),
+                                ("svmax", "objective.terms.svmax", [0.1, 10.0])]},
     # no comparisons in the manifest: read from conf/ablation/covariance.yaml (CONF below)
     "covariance": {"title": "B. Covariance", "question": "What does cov add?",
                    "arms": ["vicreg", "vicreg_nocov", "inv_only"], "sweeps": []},

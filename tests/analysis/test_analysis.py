@@ -338,7 +338,7 @@ def test_sweep_points_expect_only_the_sweep_seeds() -> None:
     from embreg.analysis.aggregate import expected_seeds
 
     manifest = {"ablations": {"a": {"arms": ["svmax"], "baselines": [], "seeds": [0, 1], "sweep_seeds": [0],
-                                    "sweeps": [{"arm": "svmax", "key": "objective.svmax", "values": [0.1],
+                                    "sweeps": [{"arm": "svmax", "key": "objective.terms.svmax", "values": [0.1],
                                                 "runs": ["svmax@svmax=0.1"]}]}},
                 "runs": {"svmax": {"0": "done", "1": "done"}, "svmax@svmax=0.1": {"0": "done"}}}
     assert expected_seeds(manifest) == {"svmax": [0, 1], "svmax@svmax=0.1": [0]}

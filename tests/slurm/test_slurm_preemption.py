@@ -21,7 +21,8 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 # 6 epochs of 5 steps, a checkpoint at each epoch end; periodic checkpoints off, so a resume
 # mid-epoch can only come from the checkpoint written on the signal
 RUN = ["profile=smoke", "objective=vicreg", "seed=0", "pretrain.epochs=6", "pretrain.steps_per_epoch=5",
-       "runtime.threads=1", "runtime.progress=false", "runtime.checkpoint_every_s=1e9"]
+       "eval.semi_supervised=true", "runtime.threads=1", "runtime.progress=false", "runtime.checkpoint_every_s=1e9"]
+RUN_ID = "vicreg@epochs=6@steps_per_epoch=5@semi_supervised=True"  # a hand run's place: its changed keys
 SAME = ("linear_top1", "linear_top5", "knn20_top1", "knn200_top1", "semi_1pct_top1", "semi_10pct_top1", "collapse")
 
 
@@ -30,7 +31,7 @@ def _paths(root: Path, data: Path) -> list[str]:
 
 
 def _outputs(root: Path) -> tuple[dict, list]:
-    rd = root / "results" / "runs" / "vicreg" / "seed0"
+    rd = root / "results" / "runs" / RUN_ID / "seed0"
     return json.loads((rd / "metrics.json").read_text()), json.loads((rd / "history.json").read_text())
 
 
@@ -54,7 +55,7 @@ def _submit(root: Path, data: Path, partition: str) -> tuple[subprocess.Popen, s
 
 
 def _checkpoint_step(root: Path) -> int:
-    path = root / "ckpt" / "vicreg" / "seed0" / "last.pt"
+    path = root / "ckpt" / RUN_ID / "seed0" / "last.pt"
     try:
         return torch.load(path, weights_only=False)["step"] if path.is_file() else 0
     except Exception:  # noqa: BLE001 - being replaced this instant
@@ -62,7 +63,7 @@ def _checkpoint_step(root: Path) -> int:
 
 
 def _job_id(root: Path) -> str:
-    status = root / "results" / "runs" / "vicreg" / "seed0" / "status.json"
+    status = root / "results" / "runs" / RUN_ID / "seed0" / "status.json"
     return json.loads(status.read_text()).get("slurm_job_id", "") if status.is_file() else ""
 
 

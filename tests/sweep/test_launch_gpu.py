@@ -103,8 +103,9 @@ def test_a_cpu_profile_runs_as_before_on_a_gpu_machine(machine):
     plan = make_plan(PipelineParams(profile="default"), ["layers"])
     cmds = multirun_commands(plan, plan.jobs, PipelineParams(profile="default"))
     for cmd in cmds:
-        assert cmd[cmd.index("runtime.threads=1"):][:4] == [
-            "runtime.threads=1", "runtime.progress=false", "hydra/launcher=local", "hydra.sweeper.max_batch_size=2"]
+        assert cmd[cmd.index("runtime.threads=1"):][:5] == [
+            "runtime.threads=1", "runtime.progress=false", "runtime.replace=true", "hydra/launcher=local",
+            "hydra.sweeper.max_batch_size=2"]
         assert not any("gpus_per_node" in a or "setup" in a or "subdir" in a for a in cmd)
     assert local_layout(LocalParams(max_parallel=0), "cpu", 10) == ([Lane(None, os.cpu_count())], 1)
 

@@ -51,8 +51,8 @@ def test_multiruns_group_by_swept_key():
     assert "seed=0,1,2" in main
     objectives = next(a for a in main if a.startswith("objective=")).split("=")[1].split(",")
     assert len(objectives) == len(set(objectives)) == 10  # 7 arms, 3 references
-    svmax = next(c for c in cmds if "tag_keys=[objective.svmax]" in c)
-    assert "objective.svmax=0.1,10.0" in svmax and "seed=0" in svmax
+    svmax = next(c for c in cmds if "tag_keys=[objective.terms.svmax]" in c)
+    assert "objective.terms.svmax=0.1,10.0" in svmax and "seed=0" in svmax
     assert "eval.semi_supervised=false" in svmax
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from embreg.fingerprint import code_hash
+from embreg.fingerprint import fingerprint_parts, run_fingerprint
 from embreg.io import write_json
 from embreg.params import group_options, load_params
 from embreg.rundir import run_dir, run_id
@@ -27,7 +27,7 @@ WRITTEN = {
     Job("vicreg_all", 0): {"state": "failed", "error": ERROR},
     Job("svmax_all", 0): {"state": "running", "host": "node1", "pid": 123},
     Job("random_init", 0): {"state": "interrupted", "error": "SystemExit"},
-    Job("vicreg", 0, "objective.covariance", 0.1, ("eval.semi_supervised=false",)):
+    Job("vicreg", 0, "objective.terms.covariance", 0.1, ("eval.semi_supervised=false",)):
         {"state": "queued", "slurm_job_id": "999999999_1", "log": "/logs/999999999_1_0_log.out"},
 }
 
@@ -60,11 +60,11 @@ def repo(tmp_path_factory) -> Path:
               "data": {"dir": str(root / "data")}}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     plan = make_plan(load_params(root / "params.yaml"), ABLATIONS)
-    code = code_hash()
     for job, extra in WRITTEN.items():
         cfg = plan.configs[job]
         write_json(run_dir(cfg) / "status.json", {"run_id": run_id(cfg), "arm": cfg.arm, "seed": cfg.seed,
-                                                  "fingerprint": cfg.fingerprint(code), **extra})
+                                                  "fingerprint": run_fingerprint(cfg),
+                                                  "fingerprint_parts": fingerprint_parts(cfg), **extra})
         if extra["state"] == "done":  # finished means a valid metrics.json too
             write_json(run_dir(cfg) / "metrics.json", {"linear_top1": 50.0})
     return root

@@ -21,7 +21,6 @@ DONE = State.DONE
 # The embeddings the collapse metrics are reported for, in network order (layer4 is the
 # backbone output, so it normally appears as "backbone" rather than "layer4").
 LAYER_ORDER = ("layer1", "layer2", "layer3", "layer4", "backbone", "projector")
-LOSS_TERMS = ("invariance", "variance", "covariance", "svmax")
 # Keys a run omits by design when it is never fine-tuned / never pretrained (see analysis.references).
 SEMI_KEYS = ("semi_1pct_top1", "semi_1pct_top5", "semi_10pct_top1", "semi_10pct_top5")
 COST_KEYS = ("steps", "sec_per_step", "images_per_sec", "peak_memory_mb")
@@ -268,3 +267,18 @@ def sweep_points(results: Results, sweep: dict[str, Any]) -> list[SweepPoint]:
     points = [SweepPoint(float(base) if _is_number(base) else None, sweep["arm"], True)]
     points += [SweepPoint(float(v), rid, False) for v, rid in zip(sweep.get("values", []), sweep.get("runs", []), strict=False)]
     return sorted(points, key=lambda p: (p.value is None, p.value or 0.0))
+
+
+def loss_terms() -> list[str]:
+    """The loss terms a run may log, in the registry's order (embreg.terms; its modules are
+    imported on the first call)."""
+    from embreg import terms
+
+    return terms.load().registered()
+
+
+def regularizer_terms() -> set[str]:
+    """The terms that keep one embedding from collapsing (``Term.regularizer``)."""
+    from embreg import terms
+
+    return {t["name"] for t in terms.catalog() if t["regularizer"]}

@@ -14,7 +14,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from embreg.analysis.aggregate import Results
+from embreg.analysis.aggregate import Results, regularizer_terms
 from embreg.analysis.cells import NO_VALUE, Table, metric_cell, row_n
 from embreg.analysis.compare import COLLAPSE_METRICS, Comparison, embeddings
 from embreg.analysis.references import is_pixels
@@ -75,8 +75,9 @@ def collapse_table(results: Results, name: str, runs: list[str], comps: list[Com
 
 def regularized(results: Results, run_id: str) -> list[str]:
     """The embeddings the run's regularizer acts on: the projector, plus every stage when ``layers: all``."""
-    obj = {k: results.config_value(run_id, f"objective.{k}") for k in ("variance", "covariance", "svmax")}
-    if not any(isinstance(v, int | float) and v > 0 for v in obj.values()):
+    coeffs = results.config_value(run_id, "objective.terms") or {}
+    regs = regularizer_terms()
+    if not any(isinstance(v, int | float) and v > 0 and k in regs for k, v in coeffs.items()):
         return []
     if results.config_value(run_id, "objective.layers") == "all":
         return embeddings(results, [run_id])

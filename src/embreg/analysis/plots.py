@@ -22,9 +22,9 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from embreg.analysis.aggregate import (  # noqa: E402
     LAYER_ORDER,
-    LOSS_TERMS,
     Results,
     all_methods,
+    loss_terms,
     mean_std,
     sweep_points,
 )
@@ -147,7 +147,7 @@ def loss_frame(results: Results, methods: list[str]) -> pd.DataFrame:
     """Long frame (arm, seed, epoch, term, value) of the logged loss terms of the SSL arms."""
     rows = [{"arm": m, "seed": r.seed, "epoch": h.get("epoch", i + 1), "term": term, "value": h[term]}
             for m in methods for r in results.done(m) for i, h in enumerate(r.history or [])
-            for term in LOSS_TERMS if isinstance(h.get(term), int | float)]
+            for term in loss_terms() if isinstance(h.get(term), int | float)]
     return pd.DataFrame(rows, columns=["arm", "seed", "epoch", "term", "value"])
 
 
@@ -157,7 +157,7 @@ def loss_terms_plot(results: Results, path: Path) -> Path:
     df = loss_frame(results, list(dict.fromkeys(arms)))
     if df.empty:
         return _empty(path, "Loss terms per epoch", "no training history")
-    terms = [t for t in LOSS_TERMS if t in set(df["term"])]
+    terms = [t for t in loss_terms() if t in set(df["term"])]
     grid = sns.relplot(data=df, x="epoch", y="value", hue="arm", col="term", col_order=terms, kind="line",
                        errorbar=None, marker="o", markersize=4, height=3.2, aspect=1.3, col_wrap=2,
                        facet_kws={"sharey": False})

@@ -46,7 +46,7 @@ from embreg.data import Split
 from embreg.optim import build_optimizer
 from embreg.params import compose_run
 from embreg.pretrain import peak_memory_mb, pretrain
-from embreg.regularizers import mean_singular_value
+from embreg.terms.spectral import mean_singular_value
 
 GPU_PROFILES = ["cifar10", "imagenet"]
 GPU_OVERRIDES = {"imagenet": ["optim.batch_size=256"]}  # one GPU's share of ImageNet's 2048 (8 GPUs)

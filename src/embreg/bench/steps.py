@@ -64,7 +64,7 @@ def bare_model(cfg: RunConfig, device: torch.device | str = "cpu") -> BareNet:
 def library_model(cfg: RunConfig, device: torch.device | str = "cpu") -> EmbeddingModel:
     """The run's own network (``build_model``), seeded like a run, in training mode."""
     torch.manual_seed(cfg.seed)
-    return build_model(cfg.backbone, cfg.dataset.in_channels, cfg.dataset.num_classes).to(device).train()
+    return build_model(cfg.backbone, cfg.dataset.in_channels, cfg.dataset.num_classes, cfg.objective).to(device).train()
 
 
 def synthetic_images(cfg: RunConfig, n: int, gen: torch.Generator, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from embreg.bench.timing import interleaved, log, timed
-from embreg.regularizers import covariance_term, mean_singular_value, spectrum_precision, variance_term
+from embreg.terms.spectral import mean_singular_value, spectrum_precision
+from embreg.terms.vicreg import covariance_term, variance_term
 
 # (b, d, speed-up target of SVMax over the svd reference on the CPU). Square shapes take torch's
 # SVD itself (regularizers.uses_svd: the Gram matrix gives no size reduction there), so their

@@ -99,7 +99,7 @@ def spread(prods: list[Product], lanes: list[Lane]) -> list[list[Product]]:
 def _command(plan: Plan, params: PipelineParams, prod: Product, launcher: list[str], threads: int) -> list[str]:
     cmd = [sys.executable, "-m", "embreg.train", "--multirun", f"profile={plan.profile}",
            *params.overrides, f"paths.data={params.data_dir}",
-           f"runtime.threads={threads}", "runtime.progress=false", *launcher,
+           f"runtime.threads={threads}", "runtime.progress=false", "runtime.replace=true", *launcher,
            "objective=" + ",".join(prod.arms), "seed=" + ",".join(str(s) for s in prod.seeds)]
     if prod.key:
         cmd += [f"{prod.key}=" + ",".join(str(v) for v in prod.values), f"tag_keys=[{prod.key}]", *prod.extra]

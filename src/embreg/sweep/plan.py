@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from embreg.config import AblationConfig, RunConfig
-from embreg.fingerprint import code_hash
 from embreg.io import write_json
 from embreg.params import PipelineParams, compose_run, group_options
 from embreg.registry import check_choice
@@ -34,7 +33,7 @@ class Job:
     extra: tuple[str, ...] = ()  # the ablation's sweep_overrides, for sweep points
 
     def overrides(self) -> list[str]:
-        ov = [f"objective={self.arm}", f"seed={self.seed}", *self.extra]
+        ov = [f"objective={self.arm}", f"seed={self.seed}", "runtime.replace=true", *self.extra]
         if self.sweep_key:
             ov += [f"{self.sweep_key}={self.sweep_value}", f"tag_keys=[{self.sweep_key}]"]
         return ov
@@ -130,8 +129,7 @@ def unreadable(plan: Plan) -> list[str]:
 
 def observe_all(plan: Plan) -> dict[Job, Observed]:
     """Each job's run as its directory shows it (status read once, judged by embreg.rundir)."""
-    code = code_hash()
-    return {job: observe(cfg, code) for job, cfg in plan.configs.items()}
+    return {job: observe(cfg) for job, cfg in plan.configs.items()}
 
 
 def states(plan: Plan) -> dict[Job, State]:

@@ -46,7 +46,9 @@ def collect(params: PipelineParams, ablations: list[str] | None = None) -> list[
             rows.append({"profile": params.profile, "ablation": name, "run_id": ids[job], "seed": job.seed,
                          "state": seen[job].state.value, "scheduler": None,
                          "slurm_job_id": None if job_id is None else str(job_id),
-                         "log": st.get("log"), "error": st.get("error")})
+                         "log": st.get("log"),
+                         # a stale run says why: its config, or which parts of the code it ran
+                         "error": f"stale: {'; '.join(seen[job].why)}" if seen[job].why else st.get("error")})
     _apply_scheduler(rows)
     return rows
 
