@@ -18,7 +18,7 @@ from embreg.analysis.aggregate import Results, load_results
 from embreg.analysis.cells import Table, short_error, write_table
 from embreg.analysis.collapse import collapse_table, regime_table
 from embreg.analysis.findings import findings, method_note, resolution_line
-from embreg.analysis.plots import make_plots
+from embreg.analysis.plots import HEADLINE, make_plots
 from embreg.analysis.readme import BLOCK_FILE, readme_block
 from embreg.analysis.study_plots import study_plot_jobs
 from embreg.analysis.study_report import HOW_TO_READ as STUDY_HOW_TO_READ
@@ -135,13 +135,14 @@ def render_report(an: Analysis, tables: dict[str, Table], plots: dict[str, Path]
     out = [f"# Embedding-regularizer {kind} — profile `{man.get('profile', 'unknown')}`", "",
            "## How to read this report", "", STUDY_HOW_TO_READ if kind != "ablations" else HOW_TO_READ, "",
            method_note(), "",
-           *([resolution_line(an, resolution(an)), ""] if an.runs or not an.studies else [])]
+           *([resolution_line(an, resolution(an)), ""] if an.runs or not an.studies else []),
+           *([_image(plots, errors, HEADLINE, "top-1 accuracy per arm"), ""] if HEADLINE in {*plots, *errors} else [])]
     if man.get("discovered"):
         out += ["_No readable `runs/manifest.json`: the runs below were discovered from the run directories._", ""]
     for name in an.runs:
         abl = man["ablations"][name]
         out += [f"## {abl.get('title', name)}", "", f"**Question:** {abl.get('question', '')}", "",
-                tables[name].markdown(), _image(plots, errors, f"{name}_bars", f"{name} accuracies"), "",
+                tables[name].markdown(), _image(plots, errors, f"{name}_accuracy", f"{name} accuracies"), "",
                 "Tests against each arm's reference arm:", "", tables[f"{name}_tests"].markdown(),
                 "Computed from the table:", "", *_bullets(findings(an.accuracy[name])), "",
                 f"### Collapse per layer ({name})", "", tables[f"{name}_collapse"].markdown(),
