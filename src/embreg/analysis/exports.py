@@ -35,7 +35,9 @@ from embreg.analysis.summary import Analysis
 METRICS_FILE = "metrics.json"
 ACCURACY_TABLE = "accuracy.csv"
 HISTORY_TABLE = "history.csv"
-MAX_METRICS = 120  # values per profile: what `dvc metrics diff` can list on one screen
+# values per profile, about what `dvc metrics diff --all` lists on one screen; the one-GPU grid (ten
+# rows, n and four evaluations with their CIs, four counts) holds 122
+MAX_METRICS = 125
 DECIMALS = 3  # the tables show one decimal; three keep a diff's change readable without float noise
 ACCURACY_COLUMNS = ["arm", "metric", "mean", "ci_low", "ci_high", "n"]
 _KNN = re.compile(r"^knn(\d+)_top1$")
