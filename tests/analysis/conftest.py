@@ -136,9 +136,9 @@ def results_dir(tmp_path: Path) -> tuple[Path, Path]:
     return build_results(tmp_path)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def analyzed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """Analysed once for the read-only tests (drawing the plots takes seconds)."""
+    """Analysed once for every module's read-only tests (drawing the plots takes seconds)."""
     from embreg.analysis.report import analyze
 
     root, conf = build_results(tmp_path_factory.mktemp("results"))

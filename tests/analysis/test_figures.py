@@ -1,6 +1,6 @@
 """The figures' conventions on the synthetic results (tests/analysis/conftest.py): one colour per arm in
 every figure, sweep points a shade of their arm, greys for references, log axes where a term spans
-decades, any number of loss terms, and widths a screen shows."""
+decades, any number of loss terms (the widths: tests/analysis/test_analysis.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import pytest
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
@@ -18,7 +17,7 @@ from embreg.analysis import training_plots
 from embreg.analysis.accuracy_plots import accuracy_plot, headline_plot
 from embreg.analysis.aggregate import load_results
 from embreg.analysis.collapse_plots import collapse_plot, spectra_plot
-from embreg.analysis.figure import DPI, MAX_WIDTH_IN, axis_scale
+from embreg.analysis.figure import axis_scale
 from embreg.analysis.palette import ARM_COLORS, FALLBACK, arm_color, is_reference, lightness
 from embreg.analysis.training_plots import loss_terms_plot, sensitivity_plot
 
@@ -83,10 +82,11 @@ def test_palette_is_a_function_of_the_name_alone() -> None:
     for ref in ("pixels", "random_init", "supervised"):
         r, g, b = arm_color(ref)
         assert is_reference(ref) and r == g == b
+    # another process (another str-hash salt) gives the same colour
     code = "from embreg.analysis.palette import arm_color; print(arm_color('simsiam_svmax'))"
-    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                           env={"PYTHONHASHSEED": seed, "PYTHONPATH": str(SRC)}).stdout for seed in ("1", "2")}
-    assert len(outs) == 1 and to_rgb(arm_color("simsiam_svmax")) in {to_rgb(c) for c in FALLBACK}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PYTHONHASHSEED": "1", "PYTHONPATH": str(SRC)}).stdout
+    assert out.strip() == str(arm_color("simsiam_svmax")) and arm_color("simsiam_svmax") in map(to_rgb, FALLBACK)
 
 
 def test_axis_scale_rule() -> None:
@@ -124,11 +124,3 @@ def test_loss_terms_figure_takes_any_list_of_terms(results_dir: tuple[Path, Path
     assert set(training_plots.history_table(res)["term"]) == {"invariance", "variance", "covariance", "svmax",
                                                                 "loss"}
 
-
-def test_every_figure_fits_the_width(analyzed: tuple[Path, dict]) -> None:
-    import matplotlib.image as mpimg
-
-    root, _ = analyzed
-    for png in (root / "plots").glob("*.png"):
-        assert mpimg.imread(png).shape[1] <= MAX_WIDTH_IN * DPI + 160, png.name  # + labels outside the axes
-    plt.close("all")
