@@ -1,5 +1,5 @@
-"""DVC stage `analyze`: tables, plots, REPORT.md, summary.json and README_results.md from the run
-directories (then `python pipelines/readme.py` puts the README block into README.md)."""
+"""DVC stage `analyze`: tables, plots, REPORT.md, summary.json, metrics.json and README_results.md from
+the run directories (then `python pipelines/readme.py` puts the README block into README.md)."""
 
 from __future__ import annotations
 

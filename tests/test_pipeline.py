@@ -65,9 +65,12 @@ def test_report_and_plots(smoke_repo):
     report = (res / "REPORT.md").read_text()
     for title in ("A. Anti-collapse", "B. VICReg with and without", "C. Last layer vs every layer"):
         assert title in report
-    for png in ("anticollapse_bars", "covariance_bars", "layers_bars", "anticollapse_collapse", "layers_collapse",
-                "sensitivity", "loss_terms", "layer_collapse_heatmap", "spectra"):
+    for png in ("headline", "anticollapse_accuracy", "covariance_accuracy", "layers_accuracy", "anticollapse_collapse",
+                "layers_collapse", "sensitivity", "loss_terms", "layer_collapse_heatmap", "spectra"):
         assert (res / "plots" / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # DVC's metrics: the headline per arm, and the findings
+    metrics = json.loads((res / "metrics.json").read_text())
+    assert {"findings", "svmax", "vicreg"} <= set(metrics) and "linear_top1" in metrics["svmax"]
 
 
 def test_repro_again_is_a_no_op_and_status_is_clean(smoke_repo):

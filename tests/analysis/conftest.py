@@ -83,12 +83,12 @@ def write_run(root: Path, run_id: str, seed: int, spec: tuple) -> str:
     rd = root / "runs" / run_id / f"seed{seed}"
     rd.mkdir(parents=True)
     arm = run_id.split("@")[0]
-    objective = {"name": arm, "kind": KIND.get(arm, "ssl"), "variance": 0.0 if arm == "inv_only" else 25.0,
-                 "covariance": 0.0, "svmax": 0.0, "layers": "all" if arm.endswith("_all") else "last",
-                 "layer_weight": 1.0}
+    terms = {} if arm in KIND else {"invariance": 1.0, "variance": 0.0 if arm == "inv_only" else 25.0}
+    objective = {"name": arm, "kind": KIND.get(arm, "ssl"), "terms": terms,
+                 "layers": "all" if arm.endswith("_all") else "last", "layer_weight": 1.0}
     if arm in BASE_COEF:
         key, base = BASE_COEF[arm]
-        objective[key] = float(run_id.split("=")[1]) if "@" in run_id else base
+        terms[key.split(".")[-1]] = float(run_id.split("=")[1]) if "@" in run_id else base
     # as the default profile writes it: every run carries both budgets; supervised trains 20 epochs
     config = {"objective": objective, "optim": {"batch_size": 64},
               "pretrain": {"epochs": 5, "steps_per_epoch": 15, "supervised_epochs": 20},
@@ -136,9 +136,9 @@ def results_dir(tmp_path: Path) -> tuple[Path, Path]:
     return build_results(tmp_path)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def analyzed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """Analysed once for the read-only tests (drawing the plots takes seconds)."""
+    """Analysed once for every module's read-only tests (drawing the plots takes seconds)."""
     from embreg.analysis.report import analyze
 
     root, conf = build_results(tmp_path_factory.mktemp("results"))

@@ -12,13 +12,15 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
+from embreg.analysis.accuracy_plots import accuracy_plot
 from embreg.analysis.aggregate import load_results, mean_std, sweep_points
 from embreg.analysis.collapse import random_batch_score, svmax_bounds
+from embreg.analysis.collapse_plots import layer_matrix, mean_spectrum
 from embreg.analysis.compare import ablation_pairs
-from embreg.analysis.plots import bars_plot, layer_matrix, loss_frame, mean_spectrum
 from embreg.analysis.readme import BEGIN, END, block_in, splice
 from embreg.analysis.report import analyze
 from embreg.analysis.stats import holm
+from embreg.analysis.training_plots import loss_frame
 from tests.analysis.conftest import LAYER_SWEEP, RUNS
 from tests.analysis.helpers import SUPERSCRIPT, missing_from_summary
 
@@ -256,20 +258,23 @@ def test_files_and_pngs(analyzed: tuple[Path, dict]) -> None:
             assert (root / "tables" / f"{name}.{ext}").stat().st_size > 50
     tex = (root / "tables" / "anticollapse.tex").read_text()
     assert r"$^\dagger$" in tex and r"$\Delta$" in tex and "—" not in tex
-    for name in ("anticollapse_bars", "layers_collapse", "sensitivity", "loss_terms", "layer_collapse_heatmap",
-                 "spectra"):
+    for name in ("headline", "anticollapse_accuracy", "layers_collapse", "sensitivity", "loss_terms",
+                 "layer_collapse_heatmap", "spectra"):
         path = root / "plots" / f"{name}.png"
         assert path.read_bytes()[:8] == PNG_MAGIC and mpimg.imread(path).shape[1] >= 400
+    # every figure fits a README or a laptop screen at its saved resolution
+    widths = {p.name: mpimg.imread(p).shape[1] for p in (root / "plots").glob("*.png")}
+    assert widths and max(widths.values()) <= 1600, widths
 
 
-def test_bar_plot_is_a_function_of_the_results(results_dir: tuple[Path, Path], tmp_path: Path) -> None:
-    """The seeds' dots are jittered with a fixed seed: re-running the analysis on the same runs
+def test_accuracy_plot_is_a_function_of_the_results(results_dir: tuple[Path, Path], tmp_path: Path) -> None:
+    """The seeds' dots are jittered by a private generator: re-running the analysis on the same runs
     writes the same bytes (and leaves numpy's global generator where it was)."""
     res = load_results(results_dir[0])
     drawn = []
     for global_seed in (1, 2):
         np.random.seed(global_seed)
-        path = bars_plot(res, "anticollapse", ["svmax", "vicreg"], tmp_path / f"bars{global_seed}.png")
+        path = accuracy_plot(res, "anticollapse", ["svmax", "vicreg"], tmp_path / f"acc{global_seed}.png")
         drawn.append((path.read_bytes(), np.random.random()))
     assert drawn[0][0] == drawn[1][0]
     np.random.seed(2)

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from scipy import stats as sps
 
+from embreg.analysis.exports import MAX_METRICS, count_values
 from embreg.analysis.readme import block_in, markers, splice
 from embreg.analysis.report import analyze
 from embreg.analysis.stats import change_difference, welch
@@ -196,3 +197,21 @@ def test_report_and_readme_block_state_only_summary_numbers(analyzed):
     readme = f"top\n{markers()[0]}\nold\n{markers()[1]}\n{markers('robustness')[0]}\nx\n{markers('robustness')[1]}\n"
     spliced = splice(readme, block, "robustness")
     assert block_in(spliced, "robustness") == block and block_in(spliced) == "old\n"
+
+
+def test_metrics_json_holds_each_arm_per_point_and_the_verdicts(analyzed):
+    """DVC's metrics: per study the verdict counts and each arm's mean at each point, keys sorted as
+    `dvc metrics show` prints them (zero-padded points); a point whose seeds all diverged has no value."""
+    root, summary = analyzed
+    metrics = json.loads((root / "metrics.json").read_text())
+    assert set(metrics) == {"lr_robustness", "batch_size"}
+    lr = metrics["lr_robustness"]
+    verdicts = [v["verdict"] for v in summary["studies"]["lr_robustness"]["verdicts"].values()]
+    assert lr["verdicts"] == {"supported": verdicts.count("supported"), "contradicted": verdicts.count("contradicted"),
+                              "not_resolved": verdicts.count("not resolved at this scale")}
+    assert list(lr["svmax"]["linear_top1"]) == ["lr01x", "lr03x", "lr10x", "lr30x"]
+    for m in (1, *MULTIPLES):
+        assert lr["svmax"]["linear_top1"][f"lr{m:02d}x"] == pytest.approx(sum(LR_VALUES[("svmax", m)]) / 3, abs=1e-3)
+    assert "lr30x" not in lr["contrastive"]["recall_at_1"] and "lr10x" in lr["contrastive"]["recall_at_1"]
+    assert metrics["batch_size"]["vicreg"]["projector_s_mu"]["b032"] == pytest.approx(1.567, abs=1e-3)
+    assert count_values(metrics) <= MAX_METRICS

@@ -17,14 +17,16 @@ import pandas as pd
 from embreg.analysis.aggregate import Results, load_results
 from embreg.analysis.cells import Table, short_error, write_table
 from embreg.analysis.collapse import collapse_table, regime_table
+from embreg.analysis.exports import ACCURACY_TABLE, HISTORY_TABLE, METRICS_FILE, accuracy_table, metrics
 from embreg.analysis.findings import findings, method_note, resolution_line
-from embreg.analysis.plots import make_plots
+from embreg.analysis.plots import HEADLINE, make_plots
 from embreg.analysis.readme import BLOCK_FILE, readme_block
 from embreg.analysis.study_plots import study_plot_jobs
 from embreg.analysis.study_report import HOW_TO_READ as STUDY_HOW_TO_READ
 from embreg.analysis.study_report import study_section, study_tables
 from embreg.analysis.summary import Analysis, build, resolution, summarize
 from embreg.analysis.tables import ablation_table, cost_table, main_table, sensitivity_table, tests_table
+from embreg.analysis.training_plots import history_table
 
 HOW_TO_READ = (
     "Every cell is the mean over the finished seeds of a run followed by its 95% confidence interval "
@@ -135,13 +137,14 @@ def render_report(an: Analysis, tables: dict[str, Table], plots: dict[str, Path]
     out = [f"# Embedding-regularizer {kind} — profile `{man.get('profile', 'unknown')}`", "",
            "## How to read this report", "", STUDY_HOW_TO_READ if kind != "ablations" else HOW_TO_READ, "",
            method_note(), "",
-           *([resolution_line(an, resolution(an)), ""] if an.runs or not an.studies else [])]
+           *([resolution_line(an, resolution(an)), ""] if an.runs or not an.studies else []),
+           *([_image(plots, errors, HEADLINE, "top-1 accuracy per arm"), ""] if HEADLINE in {*plots, *errors} else [])]
     if man.get("discovered"):
         out += ["_No readable `runs/manifest.json`: the runs below were discovered from the run directories._", ""]
     for name in an.runs:
         abl = man["ablations"][name]
         out += [f"## {abl.get('title', name)}", "", f"**Question:** {abl.get('question', '')}", "",
-                tables[name].markdown(), _image(plots, errors, f"{name}_bars", f"{name} accuracies"), "",
+                tables[name].markdown(), _image(plots, errors, f"{name}_accuracy", f"{name} accuracies"), "",
                 "Tests against each arm's reference arm:", "", tables[f"{name}_tests"].markdown(),
                 "Computed from the table:", "", *_bullets(findings(an.accuracy[name])), "",
                 f"### Collapse per layer ({name})", "", tables[f"{name}_collapse"].markdown(),
@@ -186,8 +189,8 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def analyze(results_dir: Path, conf_dir: Path | None = None) -> dict[str, Any]:
-    """Read ``results_dir/runs``; write ``tables/``, ``plots/``, ``REPORT.md``, ``summary.json`` and
-    ``README_results.md``. ``conf_dir`` holds ``<ablation>.yaml`` for comparisons the manifest lacks
+    """Read ``results_dir/runs``; write ``tables/``, ``plots/``, ``REPORT.md``, ``summary.json``,
+    ``metrics.json`` (DVC's metrics) and ``README_results.md``. ``conf_dir`` holds ``<ablation>.yaml`` for comparisons the manifest lacks
     (default: ``conf/ablation`` of the working directory).
 
     Returns the summary. Missing, failed or diverged runs appear as marked cells with footnotes;
@@ -203,9 +206,13 @@ def analyze(results_dir: Path, conf_dir: Path | None = None) -> dict[str, Any]:
     for table in tables.values():
         write_table(table, tables_dir)
     runs_frame(an.results).to_csv(tables_dir / "runs.csv", index=False)
+    # tidy tables for DVC's plot templates (dvc.yaml's top-level plots), one overlay per commit
+    accuracy_table(an).to_csv(tables_dir / ACCURACY_TABLE, index=False)
+    history_table(an.results).to_csv(tables_dir / HISTORY_TABLE, index=False)
     plots, errors = make_plots(an, results_dir / "plots", study_plot_jobs(an))
     summary = summarize(an)
     _write_json(results_dir / "summary.json", summary)
+    _write_json(results_dir / METRICS_FILE, metrics(an))
     (results_dir / "REPORT.md").write_text(render_report(an, tables, plots, errors))
     (results_dir / BLOCK_FILE).write_text(readme_block(an, display_path(results_dir)))
     return summary
