@@ -4,6 +4,7 @@ the training split. ``validate`` raises them as one ConfigError; the sweep check
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
@@ -236,12 +237,10 @@ LOCAL_KEYS = {"max_parallel": 0, "threads_per_job": 1, "gpus": 0, "jobs_per_gpu"
 SLURM_INTS = {"nodes": 1, "tasks_per_node": 1, "gpus_per_node": 0, "cpus_per_task": 1, "timeout_min": 1,
               "max_num_timeout": 0, "array_parallelism": 1, "cpus_per_gpu": 1, "mem_gb_per_gpu": 1}
 NOT_NULL = ("gpus", "jobs_per_gpu", "cpus_per_gpu", "mem_gb_per_gpu")  # launcher keys without an unset state
-SLURM_OTHER = ("partition", "account", "qos", "constraint", "mem_gb", "additional_parameters")
+SLURM_OTHER = ("partition", "account", "qos", "constraint", "mem_gb", "additional_parameters", "detach")
 
 
 def _unknown(where: str, keys: Any, valid: tuple[str, ...] | list[str]) -> list[str]:
-    import difflib
-
     out = []
     for k in keys:
         if k not in valid:
@@ -269,8 +268,7 @@ def params_problems(raw: Any, where: str = "params.yaml", sections: tuple[str, .
         c.out.append(_bad("data", data, f"must be a mapping with {', '.join(DATA_KEYS)}"))
     else:
         out += _unknown(f"{where}: data", data, DATA_KEYS)
-    if "launcher" in raw:
-        c.choice("launcher", raw["launcher"], LAUNCHERS)
+    c.choice("launcher", raw.get("launcher", "local"), LAUNCHERS)
     for section, ints, others in (("local", LOCAL_KEYS, ()), ("slurm", SLURM_INTS, SLURM_OTHER)):
         sec = raw.get(section) or {}
         if not isinstance(sec, dict):
@@ -282,6 +280,8 @@ def params_problems(raw: Any, where: str = "params.yaml", sections: tuple[str, .
                 c.number(f"{section}.{key}", sec[key], least, integer=True)
         if section == "slurm" and sec.get("mem_gb") is not None:
             c.number("slurm.mem_gb", sec["mem_gb"], 0, lo_open=True)
+        if section == "slurm" and not isinstance(sec.get("detach", False), bool):  # "false" would read as true
+            c.out.append(_bad("slurm.detach", sec["detach"], "must be true or false"))
     return out + [f"{where}: {p}" for p in c.out]
 
 
