@@ -33,7 +33,7 @@ def fail(main: Callable[[], int | None]) -> int:
             print(f"error: {line}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:
-        print(f"interrupted ({exc or 'Ctrl-C'}): every job this stage started has been stopped; "
+        print(f"interrupted ({exc or 'Ctrl-C'}): every job this stage started or waited on has been stopped; "
               "`dvc repro` resumes where it stopped", file=sys.stderr)
         return 130
 

@@ -252,3 +252,24 @@ def test_a_detached_sweep_is_collected_once_its_jobs_have_ended(collected):
     # the next one retrains them, as after any sweep that ended with failures
     assert again.returncode == DETACHED and "2 of 2 runs to train" in again.stdout, again.stdout
     assert names[1] != names[0]
+
+
+@pytest.fixture(scope="module")
+def refused(repo, collected):
+    """sbatch refuses the detached submission (a partition the cluster does not have)."""
+    (repo / "outputs/logs/sweep-smoke.detached.json").unlink()  # the sweep ``collected`` left, forgotten
+    (repo / "params.local.yaml").write_text(yaml.safe_dump({"slurm": {"partition": "nowhere"}}))
+    try:
+        res = _run([sys.executable, "pipelines/sweep.py", "--detach"], repo)
+    finally:
+        (repo / "params.local.yaml").unlink()
+    status = _status(repo)
+    return res, status, scheduler.jobs_named(next(iter(status.values()))["sweep"])
+
+
+def test_a_refused_submission_fails_its_runs_and_leaves_nothing_queued(repo, refused):
+    res, status, jobs = refused
+    assert res.returncode == 1 and "2 of 2 runs did not finish" in res.stderr, res.stdout + res.stderr
+    assert {st["state"] for st in status.values()} == {"failed"}
+    assert all(st["error"].startswith("submission to SLURM failed") for st in status.values()), status
+    assert jobs == {} and not (repo / "outputs/logs/sweep-smoke.detached.json").exists()

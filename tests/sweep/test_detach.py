@@ -76,6 +76,17 @@ def test_a_queued_run_is_live_while_an_unclaimed_task_of_its_sweep_is(plan, clus
     assert Job("svmax", 0) not in in_flight(plan)
 
 
+def test_status_shows_a_queued_run_by_its_sweeps_tasks(plan, cluster, tmp_path):
+    """`embreg status`: a run not started shows the state of the tasks that may start it, or
+    the verdict once none may (the sweep stage records the same when it collects the sweep)."""
+    from embreg.sweep.status import collect
+
+    rows = {r["run_id"]: r for r in collect(plan.params, ["layers"])}
+    assert (rows["svmax"]["state"], rows["svmax"]["scheduler"]) == ("queued", "PENDING")
+    assert (rows["vicreg_all"]["state"], rows["vicreg_all"]["scheduler"]) == ("cancelled", "CANCELLED")
+    assert (rows["vicreg"]["state"], rows["vicreg"]["scheduler"]) == ("running", "RUNNING")
+
+
 def test_without_slurm_no_run_is_held(plan, monkeypatch):
     monkeypatch.setattr(scheduler, "available", lambda: False)
     assert in_flight(plan) == {}

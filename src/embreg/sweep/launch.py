@@ -228,8 +228,7 @@ def _submit_detached(plan: Plan, todo: list[Job], params: PipelineParams, logf, 
     codes = _run_groups(named, logf, [sweep], handover=dirs)
     failed = next((code for code in codes if code), 0)
     if failed:
-        _mark(plan, todo, sweep, State.FAILED, f"submitting the sweep to SLURM failed (exit status {failed}): "
-                                                f"see {logf.name}; nothing of it was left queued")
+        _mark(plan, todo, sweep, State.FAILED, f"submission to SLURM failed (exit status {failed}); see {logf.name}")
         return failed
     remember(marker, sweep)
     print(f"submitted {len(todo)} runs to SLURM as {sweep}")
