@@ -33,21 +33,22 @@ def fail(main: Callable[[], int | None]) -> int:
             print(f"error: {line}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:
-        print(f"interrupted ({exc or 'Ctrl-C'}): every job this stage started has been stopped; "
+        print(f"interrupted ({exc or 'Ctrl-C'}): every job this stage started or waited on has been stopped; "
               "`dvc repro` resumes where it stopped", file=sys.stderr)
         return 130
 
 
-def stage_params(argv: list[str] | None = None) -> PipelineParams:
+def stage_params(argv: list[str] | None = None, usage: str = "[--profile NAME]") -> PipelineParams:
     """params.yaml; ``--profile NAME`` (a stage of another profile's pipeline, e.g. the robustness
-    studies' stages in dvc.yaml) replaces its ``profile``."""
+    studies' stages in dvc.yaml) replaces its ``profile``. ``usage``: the stage's arguments, for
+    the one-line error on any other."""
     argv = sys.argv[1:] if argv is None else argv
     params = load_params()
     if argv[:1] == ["--profile"] and len(argv) == 2:
         check_choice("profile", argv[1], group_options("profile"))
         return dataclasses.replace(params, profile=argv[1])
     if argv:
-        raise ValueError(f"usage: {Path(sys.argv[0]).name} [--profile NAME]; got {' '.join(argv)}")
+        raise ValueError(f"usage: {Path(sys.argv[0]).name} {usage}; got {' '.join(argv)}")
     return params
 
 

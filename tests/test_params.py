@@ -55,7 +55,14 @@ def test_the_gpu_keys_load_and_unset_ones_stay_unset(tmp_path):
     ({"slurm": {"cpu_per_gpu": 2}}, "slurm: unknown key 'cpu_per_gpu' (did you mean 'cpus_per_gpu'?); valid: "
                                     "nodes, tasks_per_node, gpus_per_node, cpus_per_task, timeout_min, "
                                     "max_num_timeout, array_parallelism, cpus_per_gpu, mem_gb_per_gpu, partition, "
-                                    "account, qos, constraint, mem_gb, additional_parameters"),
+                                    "account, qos, constraint, mem_gb, additional_parameters, detach"),
+    ({"slurm": {"detach": "false"}}, "slurm.detach=false: must be true or false"),  # a string: would read as true
+    ({"slurm": {"detach": 1}}, "slurm.detach=1: must be true or false"),
+    ({"slurm": {"detach": None}}, "slurm.detach=None: must be true or false"),
+    ({"slurm": {"detatch": True}}, "slurm: unknown key 'detatch' (did you mean 'detach'?); valid: "
+                                   "nodes, tasks_per_node, gpus_per_node, cpus_per_task, timeout_min, "
+                                   "max_num_timeout, array_parallelism, cpus_per_gpu, mem_gb_per_gpu, partition, "
+                                   "account, qos, constraint, mem_gb, additional_parameters, detach"),
 ])
 def test_a_bad_gpu_key_is_one_line(tmp_path, section, message):
     from embreg.checks import ConfigError
@@ -64,3 +71,15 @@ def test_a_bad_gpu_key_is_one_line(tmp_path, section, message):
     with pytest.raises(ConfigError) as err:
         load_params(tmp_path / "params.yaml")
     assert str(err.value) == f"{tmp_path / 'params.yaml'}: {message}"
+
+
+def test_detach_is_a_launcher_setting_of_the_site_file_too(tmp_path):
+    """``slurm.detach`` (false by default) from params.yaml or params.local.yaml; no sbatch flag."""
+    from embreg.sweep.commands import slurm_overrides
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"launcher": "slurm", "slurm": {"detach": True}}))
+    assert load_params(tmp_path / "params.yaml", site=tmp_path / "none.yaml").slurm.detach is True
+    (tmp_path / "params.local.yaml").write_text(yaml.safe_dump({"slurm": {"detach": False}}))
+    params = load_params(tmp_path / "params.yaml")
+    assert params.slurm.detach is False and SlurmParams().detach is False
+    assert not any("detach" in ov for ov in slurm_overrides(params)[0])

@@ -57,6 +57,9 @@ class SlurmParams:
     constraint: str | None = None
     array_parallelism: int = 16  # array tasks running at once
     additional_parameters: dict[str, Any] = field(default_factory=dict)  # extra sbatch flags
+    # true: the sweep stage returns once its jobs are queued (exit status 75) instead of waiting
+    # for them; a later `dvc repro` collects them. Not an sbatch setting (embreg.sweep.detach)
+    detach: bool = False
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ LOCAL_KEYS = {"max_parallel": 0, "threads_per_job": 1, "gpus": 0, "jobs_per_gpu"
 SLURM_INTS = {"nodes": 1, "tasks_per_node": 1, "gpus_per_node": 0, "cpus_per_task": 1, "timeout_min": 1,
               "max_num_timeout": 0, "array_parallelism": 1, "cpus_per_gpu": 1, "mem_gb_per_gpu": 1}
 NOT_NULL = ("gpus", "jobs_per_gpu", "cpus_per_gpu", "mem_gb_per_gpu")  # launcher keys without an unset state
-SLURM_OTHER = ("partition", "account", "qos", "constraint", "mem_gb", "additional_parameters")
+SLURM_OTHER = ("partition", "account", "qos", "constraint", "mem_gb", "additional_parameters", "detach")
 
 
 def _unknown(where: str, keys: Any, valid: tuple[str, ...] | list[str]) -> list[str]:
@@ -62,4 +62,6 @@ def params_problems(raw: Any, where: str = "params.yaml", sections: tuple[str, .
                 c.number(f"{section}.{key}", sec[key], least, integer=True)
         if section == "slurm" and sec.get("mem_gb") is not None:
             c.number("slurm.mem_gb", sec["mem_gb"], 0, lo_open=True)
+        if section == "slurm" and not isinstance(sec.get("detach", False), bool):  # "false" would read as true
+            c.out.append(_bad("slurm.detach", sec["detach"], "must be true or false"))
     return out + [f"{where}: {p}" for p in c.out]

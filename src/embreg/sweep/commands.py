@@ -21,8 +21,8 @@ def slurm_overrides(params: PipelineParams, device: str = "cpu") -> tuple[list[s
     ov = ["hydra/launcher=slurm"]
     for f in dataclasses.fields(slurm):
         value = getattr(slurm, f.name)
-        if f.name in ("cpus_per_gpu", "mem_gb_per_gpu"):
-            continue  # ours, folded into cpus_per_task and mem_gb
+        if f.name in ("cpus_per_gpu", "mem_gb_per_gpu", "detach"):
+            continue  # ours: folded into cpus_per_task and mem_gb; how the sweep waits
         if f.name == "additional_parameters":
             ov += [f"+hydra.launcher.additional_parameters.{k}={v}" for k, v in value.items()]
         elif value is not None:

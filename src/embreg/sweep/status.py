@@ -48,7 +48,8 @@ def collect(params: PipelineParams, ablations: list[str] | None = None) -> list[
                          "slurm_job_id": None if job_id is None else str(job_id),
                          "log": st.get("log"),
                          # a stale run says why: its config, or which parts of the code it ran
-                         "error": f"stale: {'; '.join(seen[job].why)}" if seen[job].why else st.get("error")})
+                         "error": f"stale: {'; '.join(seen[job].why)}" if seen[job].why else st.get("error"),
+                         "sweep": st.get("sweep")})
     _apply_scheduler(rows)
     return rows
 
@@ -56,7 +57,8 @@ def collect(params: PipelineParams, ablations: list[str] | None = None) -> list[
 def _apply_scheduler(rows: list[dict[str, Any]]) -> None:
     """Fill in SLURM's state of each run's job; a lost job overrides an in-flight file state."""
     ids = [r["slurm_job_id"] for r in rows if r["slurm_job_id"]]
-    if not ids or not scheduler.available():
+    queued = any(r["state"] == State.QUEUED and r.get("sweep") for r in rows)
+    if not (ids or queued) or not scheduler.available():
         return
     known = scheduler.job_states(ids)
     for row in rows:
@@ -64,6 +66,23 @@ def _apply_scheduler(rows: list[dict[str, Any]]) -> None:
         row["scheduler"] = sched
         lost = scheduler.overruled(row["state"], sched)
         row["state"] = lost.value if lost else row["state"]
+    _apply_sweeps(rows, set(ids))
+
+
+def _apply_sweeps(rows: list[dict[str, Any]], claimed: set[str]) -> None:
+    """A queued run names its sweep, not its job, until it starts: the sweep's jobs that no run
+    claims say whether one may still start it (their SLURM state), or that none will: then it
+    was lost as the sweep stage records it (cancelled, or failed), once the sweep is known to
+    SLURM at all (not while it is being submitted)."""
+    waiting = [r for r in rows if r["state"] == State.QUEUED and not r["slurm_job_id"] and r.get("sweep")]
+    for name in dict.fromkeys(r["sweep"] for r in waiting):
+        named = scheduler.jobs_named(name)
+        left = {state for job, state in named.items() if job not in claimed}
+        active = sorted(left & scheduler.ACTIVE)
+        for row in (r for r in waiting if r["sweep"] == name and named):
+            row["scheduler"] = ",".join(active or sorted(left)) or None
+            if not active:
+                row["state"] = (State.CANCELLED if left <= {"CANCELLED"} else State.FAILED).value
 
 
 def count_table(rows: list[dict[str, Any]]) -> str:
