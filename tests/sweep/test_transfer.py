@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from embreg.analysis.aggregate import load_results
 from embreg.fingerprint import code_hash
 from embreg.params import load_params
 from embreg.rundir import State, observe
@@ -120,6 +121,9 @@ def test_import_merges_the_runs_and_a_second_import_keeps_them(exported, prepare
             assert (tmp_path / "B" / "results" / "runs" / run / "seed0" / f.name).read_bytes() == f.read_bytes()
     manifest = json.loads((tmp_path / "B" / "results" / "runs" / "manifest.json").read_text())
     assert manifest["runs"]["vicreg"] == {"0": "done"} and manifest["runs"]["inv_only"] == {"0": "missing"}
+    here, there = load_results(tmp_path / "B" / "results"), load_results(src.parent / "results")  # what the analysis reads
+    assert here.runs["vicreg"][0].ok and here.runs["vicreg"][0].metrics == there.runs["vicreg"][0].metrics
+    assert here.runs["inv_only"][0].state == "missing"
     before = (tmp_path / "B" / "results" / "runs" / "vicreg" / "seed0" / "status.json").stat().st_mtime_ns
     assert import_main([str(archive), "--params", str(dst)]) == 0
     assert "imported 0 runs" in (out := capsys.readouterr().out) and "2 already here" in out

@@ -23,6 +23,7 @@ import functools
 import hashlib
 import io
 import json
+import os
 import re
 import tarfile
 import time
@@ -136,6 +137,7 @@ def write_archive(path: Path, manifest: dict[str, Any], runs: list[RunFiles]) ->
                     add(tar, member(run.run_id, run.seed, name), data)
 
     atomic_write(path, write)
+    os.chmod(path, 0o644)  # a temporary file's 0600 would keep it from whoever merges it
     return path.stat().st_size
 
 
