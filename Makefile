@@ -8,7 +8,7 @@ MIRROR := /usr/share/datasets/fashion-mnist
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install data-source repro robustness gpu-repro test lint slurm-up slurm-down bench gpu-wheels gpu-check
+.PHONY: install data-source repro robustness gpu-grid test lint slurm-up slurm-down bench gpu-wheels gpu-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -35,12 +35,16 @@ repro: install data-source
 robustness: install data-source
 	$(if $(FORCE),EMBREG_RETRAIN=1 dvc repro --force robustness_analyze,dvc repro robustness_analyze)
 
-# The default's grid on a CUDA machine (conf/profile/fmnist_gpu.yaml -> results/fmnist_gpu): the
-# sweep and the analysis of that profile, several runs sharing each GPU (params.yaml: local)
-gpu-repro: install data-source
-	dvc repro prepare
-	python pipelines/sweep.py --profile fmnist_gpu
-	python pipelines/analyze.py --profile fmnist_gpu
+# The default's grid on a CUDA machine (conf/profile/fmnist_gpu.yaml -> results/fmnist_gpu), several
+# runs sharing each GPU (params.yaml: local), then its analysis. No network, make install or DVC
+# needed: pipelines/gpu_grid.py installs gpu_bundle/'s wheels only where the imports fail, prepares
+# Fashion-MNIST from gpu_bundle/ or params.yaml's mirror, and stops within GPU_BUDGET seconds
+# (exit status 3: runs pending; run it again, finished runs are kept). Its three files go to GPU_OUT.
+GPU_BUDGET ?= 540
+gpu-grid:
+	python3 pipelines/gpu_grid.py --budget-s $(GPU_BUDGET) --out $(GPU_OUT) \
+	  $(if $(wildcard $(GPU_BUNDLE)/fashion-mnist),,--mirror $(MIRROR)) $(if $(RESUME),--resume-from $(RESUME)); \
+	  rc=$$?; test $$rc = 0 -o $$rc = 3 || exit $$rc; python3 pipelines/analyze.py --profile fmnist_gpu; exit $$rc
 
 # The `slurm` tests run against the project's single-node SLURM cluster, started here when
 # this user can (root: it installs Debian's packages and starts the daemons).
@@ -60,13 +64,13 @@ slurm-down:
 bench: install
 	$(PY) -m embreg.bench
 
-# A GPU machine without network (../shared/GPU.md): `make gpu-wheels` here puts what it lacks in
-# gpu_bundle/ (git-ignored): the wheels for its Python 3.12 (antlr4 is published as a source
-# archive only: built here, pure Python) and the Fashion-MNIST raw files. There, `make gpu-check`
-# (or python3 pipelines/gpu_check.py) installs them offline and runs the check's parts, each
-# under its own time limit, into $(GPU_OUT)/gpu_check.json.
+# A GPU machine without network: `make gpu-wheels` here puts what it lacks in gpu_bundle/
+# (git-ignored): the wheels for its Python 3.12 (antlr4 is published as a source archive only:
+# built here, pure Python) and the Fashion-MNIST raw files. There, python3 pipelines/gpu_grid.py
+# (the grid: the answer, first) and python3 pipelines/gpu_check.py (speed figures, five minutes,
+# second) install them offline; each writes three flat files into GPU_OUT.
 GPU_BUNDLE := gpu_bundle
-GPU_OUT ?= $(if $(OUT),$(OUT),$(GPU_BUNDLE)/out)
+GPU_OUT ?= $(GPU_BUNDLE)/out
 # the versions `make install` resolves here (omegaconf is not pinned by pyproject.toml: the venv's);
 # cloudpickle: submitit's own dependency
 GPU_WHEELS := hydra-core==1.3.8 omegaconf==2.3.1 submitit==1.5.4 hydra-submitit-launcher==1.2.0 \
@@ -85,7 +89,7 @@ gpu-wheels: install
 	  echo "gpu_bundle: $$size MiB (a device call carries 64 MiB at most)"; test $$size -lt 48
 
 gpu-check:
-	python3 pipelines/gpu_check.py --out $(GPU_OUT)/gpu_check.json
+	python3 pipelines/gpu_check.py --out $(GPU_OUT)
 
 lint: install
 	$(VENV)/bin/ruff check src tests pipelines

@@ -1,9 +1,9 @@
 """The GPU check's steps that need embreg (``pipelines/gpu_check.py`` runs them as commands, each
 printing one JSON object on its last line):
 
-    python pipelines/gpu_runs.py prepare --profile fmnist_gpu --mirror DIR --data DIR
+    python pipelines/gpu_runs.py prepare --profile fmnist_gpu --mirror DIR [--data DIR]
     python pipelines/gpu_runs.py summarize --results DIR --walls JSON
-    python pipelines/gpu_runs.py grid --profile fmnist_gpu --data DIR --runs JSON [--concurrency N]
+    python pipelines/gpu_runs.py grid --profile fmnist_gpu [--data DIR] --runs JSON [--concurrency N]
 
 ``prepare``: the profile's dataset from local raw files (``embreg.data.prepare``, the prepare
 stage's own code). ``summarize``: each finished run under ``--results`` (metrics.json and
@@ -96,12 +96,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("what", choices=["prepare", "summarize", "grid"])
     ap.add_argument("--profile", default="fmnist_gpu")
     ap.add_argument("--mirror")
-    ap.add_argument("--data", default="data")
+    ap.add_argument("--data", help="the prepared data's folder (default: params.yaml's data.dir, as the sweep reads it)")
     ap.add_argument("--results", type=Path)
     ap.add_argument("--walls", default="{}", help="JSON: arm -> wall seconds of its process")
     ap.add_argument("--runs", type=Path, help="a JSON file: the rows of `summarize`")
     ap.add_argument("--concurrency", type=int, default=2)
     a = ap.parse_args(argv)
+    if a.data is None:
+        from embreg.params import load_params
+
+        a.data = load_params().data_dir
     if a.what == "prepare":
         out: Any = prepare_data(a.profile, a.mirror, a.data)
     elif a.what == "summarize":

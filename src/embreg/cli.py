@@ -11,6 +11,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("embreg.sweep.status", "which runs are done, running, queued, failed, ... per profile and ablation"),
     "collapse": ("embreg.audit", "collapse metrics of any trained ResNet (a run, its checkpoint, a torchvision state_dict), layer by layer"),
     "bench": ("embreg.bench", "time SVMax, the VICReg terms and pretraining; writes results/bench"),
+    "export": ("embreg.sweep.export", "a profile's finished runs (no checkpoints) in one archive, for another machine"),
+    "import": ("embreg.sweep.merge", "verify an `embreg export` archive and merge its runs into results/<profile>/runs"),
 }
 
 
