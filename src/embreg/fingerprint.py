@@ -161,6 +161,12 @@ def fingerprint_of(parts: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def code_hash(package_dir: Path = PACKAGE_DIR) -> str:
+    """One hash of the whole training core (what an archive records of the checkout that made
+    it); a run's own fingerprint covers only the parts it runs (``code_parts``)."""
+    return _hash_files(training_files(package_dir), package_dir)
+
+
 def run_fingerprint(cfg: Any) -> str:
     """The run's fingerprint in this checkout: a finished run with another is stale."""
     return fingerprint_of(fingerprint_parts(cfg))

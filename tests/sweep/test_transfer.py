@@ -88,7 +88,7 @@ def rewrite(files: dict[str, bytes], run: str, name: str, change: Callable[[dict
 def runs_here(params: Path) -> dict[str, str]:
     """Each planned run's state on the machine of ``params``."""
     plan = make_plan(load_params(params))
-    return {f"{cfg.arm}/seed{cfg.seed}": observe(cfg, code_hash()).state.value for cfg in plan.configs.values()}
+    return {f"{cfg.arm}/seed{cfg.seed}": observe(cfg).state.value for cfg in plan.configs.values()}
 
 
 def test_export_packs_the_finished_runs_and_no_checkpoint(exported) -> None:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from embreg.config import RunConfig
-from embreg.fingerprint import code_hash
+from embreg.fingerprint import code_hash, run_fingerprint
 from embreg.io import atomic_write
 from embreg.rundir import Observed, observe
 
@@ -59,13 +59,13 @@ def expected_fingerprint(cfg: RunConfig) -> str:
     """The fingerprint a finished run of ``cfg`` must carry to count as finished in this
     checkout. Every export and import question about fingerprints goes through here and
     ``state_here``."""
-    return cfg.fingerprint(_code())
+    return run_fingerprint(cfg)
 
 
 def state_here(cfg: RunConfig) -> Observed:
     """The run as its directory shows it in this checkout (embreg.rundir.observe: a run whose
     process is gone is interrupted, one finished under another fingerprint stale, ...)."""
-    return observe(cfg, _code())
+    return observe(cfg)
 
 
 def checkout_code() -> str:

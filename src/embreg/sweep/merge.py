@@ -116,7 +116,8 @@ def judge(archive: Archive, plan: Plan, params: PipelineParams) -> Verdict:
     if archive.manifest.get("code_hash") != checkout_code():
         verdict.notes.append(f"the archive's training code (code hash {archive.manifest.get('code_hash')}, revision "
                              f"{archive.manifest.get('git_revision')}) differs from this checkout's "
-                             f"({checkout_code()}, revision {git_revision()}): no fingerprint can match")
+                             f"({checkout_code()}, revision {git_revision()}): a run matches only where the "
+                             "parts of the code it ran did not change")
     if list(archive.manifest.get("overrides") or []) != list(params.overrides):
         verdict.notes.append(f"the archive was made with overrides {archive.manifest.get('overrides')}, "
                              f"this params file has {params.overrides}")
