@@ -11,7 +11,8 @@ import torch
 from embreg import metrics as M
 
 SHAPES = [(8, 4), (4, 8), (32, 16), (16, 64), (64, 64)]
-KEYS = {"s_mu", "s_mu_lower", "s_mu_upper", "s_mu_score", "rankme", "frac_dead_dims", "mean_abs_corr", "dim"}
+KEYS = {"s_mu", "s_mu_lower", "s_mu_upper", "s_mu_score", "rankme", "std_l2", "frac_dead_dims_l2", "mean_abs_corr",
+        "frac_dead_dims", "dim"}
 
 
 def gaussian(n: int, d: int, seed: int = 0) -> torch.Tensor:
@@ -41,6 +42,11 @@ def np_frac_dead(e: np.ndarray, thr: float = 1e-2) -> float:
     return float(np.mean(np.std(e, axis=0, ddof=1) < thr))
 
 
+def np_direction_std(e: np.ndarray) -> np.ndarray:
+    n = e / np.linalg.norm(e, axis=1, keepdims=True)
+    return np.std(n, axis=0, ddof=1) * np.sqrt(e.shape[1])
+
+
 # ----------------------------------------------------------------------- against NumPy
 @pytest.mark.parametrize("shape", SHAPES)
 def test_collapse_metrics_match_numpy(shape):
@@ -60,6 +66,28 @@ def test_collapse_metrics_match_numpy(shape):
     assert m["rankme"] == pytest.approx(np_rankme(e.numpy()), rel=1e-4)
     assert m["frac_dead_dims"] == np_frac_dead(e.numpy()) == 0.0
     assert m["mean_abs_corr"] == pytest.approx(np_mean_abs_corr(e.numpy()), rel=1e-6)
+    std = np_direction_std(e.numpy())
+    assert m["std_l2"] == pytest.approx(float(std.mean()), rel=1e-10)
+    assert m["frac_dead_dims_l2"] == float(np.mean(std < 1e-2)) == 0.0
+
+
+def test_a_collapsed_embedding_with_varied_lengths_is_reported_by_every_direction_metric():
+    """Every row points one way, lengths spread over two decades: the raw per-dimension std is
+    large (the raw dead-dimension count says 0, which is why it is marked raw), yet every
+    direction-based measure reports the collapse; a spread embedding of the same lengths does not."""
+    rng = np.random.default_rng(3)
+    n, d = 256, 64
+    u = rng.standard_normal(d)
+    lengths = 10 ** rng.uniform(-1, 1, size=(n, 1))
+    collapsed = torch.from_numpy(lengths * u / np.linalg.norm(u) + 1e-9 * rng.standard_normal((n, d)))
+    m = M.collapse_metrics(collapsed)
+    assert float(collapsed.std(0).mean()) > 0.05 and m["frac_dead_dims"] < 0.5  # raw std: fooled by lengths
+    assert m["s_mu_score"] < 1e-3 and m["rankme"] < 1.1
+    assert m["std_l2"] < 1e-6 and m["frac_dead_dims_l2"] == 1.0 and m["mean_abs_corr"] > 0.999
+    spread = torch.from_numpy(lengths * rng.standard_normal((n, d)))
+    h = M.collapse_metrics(spread)
+    assert h["s_mu_score"] > 0.5 and h["rankme"] > 30 and h["std_l2"] > 0.9 and h["frac_dead_dims_l2"] == 0.0
+    assert h["mean_abs_corr"] < 0.2
 
 
 @pytest.mark.parametrize("shape", SHAPES)

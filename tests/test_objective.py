@@ -24,7 +24,7 @@ BASE = {"variance": 25.0, "covariance": 1.0, "svmax": 0.5}
 
 def logged_by_ssl_arms() -> set[str]:
     """The terms every self-supervised arm logs, trained or not (from the registry)."""
-    return {n for n in T.load().registered() if T.get(n).monitor and "ssl" in T.get(n).kinds and T.get(n).head is None}
+    return {n for n in T.names() if T.get(n).monitor and "ssl" in T.get(n).kinds and T.get(n).head is None}
 
 
 def objective(space: str = "raw", layers: str = "last", layer_weight: float = 1.0, invariance: float = 25.0,

@@ -285,7 +285,7 @@ def test_validation_names_key_value_and_what_is_allowed(smoke_cfg, override, mes
     cfg = smoke_cfg("objective=vicreg", override)
     with pytest.raises(ConfigError) as err:
         run_one(cfg)
-    assert str(err.value) == "invalid config: " + message.format(terms=", ".join(terms.load().registered()))
+    assert str(err.value) == "invalid config: " + message.format(terms=", ".join(terms.names()))
     assert not run_dir(cfg).exists()
 
 

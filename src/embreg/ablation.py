@@ -35,6 +35,9 @@ class AblationConfig:
     # [arm, reference] run-id pairs the analysis tests (a sweep point's id: <arm>@<key's last part>=<value>)
     comparisons: list[list[str]] = field(default_factory=list)
     study: str = ""  # "" (an ablation) | learning_rate | batch_size: embreg.analysis.studies
+    # published claims the ablation answers, each {claim, pairs: [[arm, reference], ...] among the
+    # comparisons, metrics: [keys]}: a verdict by a rule fixed before the run (embreg.analysis.claims)
+    claims: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # composing an ablation (embreg.params.compose_run) builds this object: fail there
@@ -59,6 +62,13 @@ class AblationConfig:
                 raise ValueError(f"ablation {self.name}: each comparison is [arm, reference], got {list(pair)}")
             for run in pair:
                 check_choice(f"ablation {self.name} comparison run", run, valid)
+        tested = [list(p) for p in self.comparisons]
+        for claim in self.claims:
+            if set(claim) != {"claim", "pairs", "metrics"} or not claim["pairs"] or not claim["metrics"]:
+                raise ValueError(f"ablation {self.name}: each claim is {{claim, pairs, metrics}}, got {dict(claim)}")
+            for pair in claim["pairs"]:
+                if list(pair) not in tested:
+                    raise ValueError(f"ablation {self.name}: claim pair {list(pair)} is not among its comparisons")
 
 
 def _as_schema_type(key: str, value: Any) -> Any:

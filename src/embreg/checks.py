@@ -158,7 +158,7 @@ def term_problems(obj: ObjectiveConfig) -> list[str]:
     c, known = _Collector(), T.load()
     for name, coeff in obj.terms.items():
         if name not in known:
-            c.out.append(_bad(f"objective.terms.{name}", coeff, f"unknown loss term; valid: {', '.join(known.registered())}"))
+            c.out.append(_bad(f"objective.terms.{name}", coeff, f"unknown loss term; valid: {', '.join(T.names())}"))
             continue
         c.number(f"objective.terms.{name}", coeff, 0)
         kinds = known.get(name).kinds
@@ -167,7 +167,7 @@ def term_problems(obj: ObjectiveConfig) -> list[str]:
                               f"{', '.join(kinds)}, not {obj.kind!r}"))
     for name, given in obj.params.items():
         if name not in known:
-            c.out.append(_bad(f"objective.params.{name}", given, f"unknown loss term; valid: {', '.join(known.registered())}"))
+            c.out.append(_bad(f"objective.params.{name}", given, f"unknown loss term; valid: {', '.join(T.names())}"))
         elif not isinstance(given, dict):
             c.out.append(_bad(f"objective.params.{name}", given, "must be a mapping of the term's parameters"))
         else:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from embreg.data import class_indices, class_split
 
-DEAD_STD = 1e-2  # a dimension whose std is below this carries (almost) no information
+DEAD_STD = 1e-2  # a dimension whose std is below this carries (almost) no information (raw; l2: std x sqrt(d))
 
 
 def svmax_bounds(b: int, d: int) -> tuple[float, float]:
@@ -80,23 +80,38 @@ def mean_abs_offdiag_corr(e: torch.Tensor) -> float:
     return float(off / (d * (d - 1)))
 
 
+def direction_std(e: torch.Tensor) -> torch.Tensor:
+    """Per-dimension std of the l2-normalized rows, times sqrt(d): about 1 for directions spread
+    over the sphere, 0 when every row points the same way, whatever the rows' lengths (a loss
+    that ignores length, like SimSiam's cosine, can inflate raw std without spreading
+    directions). (n, d) -> (d,)"""
+    return F.normalize(e.double(), dim=1).std(0) * math.sqrt(e.shape[1])
+
+
 def collapse_metrics(e: torch.Tensor, row_values: torch.Tensor | None = None) -> dict[str, float]:
-    """s_mu (mean singular value of the l2-normalized rows) with its bounds and normalized
-    score, RankMe, fraction of dimensions with std < 1e-2, mean |off-diagonal correlation|.
+    """Direction-based measures first, which a collapsed embedding cannot hide behind varied row
+    lengths: s_mu (mean singular value of the l2-normalized rows) with its bounds and normalized
+    score, RankMe, the normalized rows' per-dimension std (mean, times sqrt(d): ``std_l2``) and
+    the fraction of their dimensions below 1e-2 (``frac_dead_dims_l2``), mean |off-diagonal
+    correlation|; then the raw embedding's fraction of dimensions with std < 1e-2
+    (``frac_dead_dims``, raw: lengths alone can keep it at 0).
     ``row_values``: ``row_singular_values(e)`` if already computed (shared with ``spectrum``)."""
     n, d = e.shape
     e = e.double()
     s = row_singular_values(e) if row_values is None else row_values
     lower, upper = svmax_bounds(n, d)
     s_mu = float(s.mean())
+    std_l2 = direction_std(e)
     return {
         "s_mu": s_mu,
         "s_mu_lower": lower,
         "s_mu_upper": upper,
         "s_mu_score": (s_mu - lower) / (upper - lower) if upper > lower else float("nan"),
         "rankme": rankme(e),
-        "frac_dead_dims": float((e.std(0) < DEAD_STD).double().mean()),
+        "std_l2": float(std_l2.mean()),
+        "frac_dead_dims_l2": float((std_l2 < DEAD_STD).double().mean()),
         "mean_abs_corr": mean_abs_offdiag_corr(e),
+        "frac_dead_dims": float((e.std(0) < DEAD_STD).double().mean()),
         "dim": d,
     }
 

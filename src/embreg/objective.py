@@ -79,7 +79,7 @@ def computed_terms(obj: ObjectiveConfig, monitor: bool = True, regularizers_only
     with, and with ``monitor`` the logged-only ones that fit its kind and need no head."""
     trained = obj.trained()
     names = []
-    for name in T.load().registered():
+    for name in T.names():
         t = T.get(name)
         if regularizers_only and not t.regularizer:
             continue
@@ -137,7 +137,7 @@ def objective_loss(
         if coeff > 0:
             total = coeff * value if total is None else total + coeff * value
     if total is None:
-        raise ValueError(f"objective {obj.name!r} trains no term: give one of {', '.join(T.load().registered())} "
+        raise ValueError(f"objective {obj.name!r} trains no term: give one of {', '.join(T.names())} "
                          "a coefficient > 0 in objective.terms")
     if obj.layers == "all" and taps is not None:
         for name, value in stage_terms(*taps, obj, monitor).items():

@@ -66,7 +66,7 @@ def make_metrics(run_id: str, seed: int, top1: float, rankme: float) -> dict[str
     m["collapse"] = {emb: {"s_mu": 0.5, "s_mu_lower": 0.1, "s_mu_upper": 3.0,
                            "s_mu_score": (rankme if emb == "projector" else 100.0) / d, "dim": d,
                            "rankme": rankme if emb == "projector" else 100.0, "frac_dead_dims": 0.0,
-                           "mean_abs_corr": 0.1 + 0.01 * seed}
+                           "std_l2": 0.5 + 0.01 * seed, "frac_dead_dims_l2": 0.0, "mean_abs_corr": 0.1 + 0.01 * seed}
                      for emb, d in DIMS.items()}
     m.update({"pretrain_seconds": 100.0, "eval_seconds": 10.0})
     if run_id not in NO_FINETUNE and arm != "random_init":

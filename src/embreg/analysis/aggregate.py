@@ -274,7 +274,7 @@ def loss_terms() -> list[str]:
     imported on the first call)."""
     from embreg import terms
 
-    return terms.load().registered()
+    return terms.names()
 
 
 def regularizer_terms() -> set[str]:

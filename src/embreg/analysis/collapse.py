@@ -24,7 +24,8 @@ REGIME_SEED = 0
 # (header, suffix after "<embedding>_", decimals); L and U depend only on (n, d): shown as one value
 COLLAPSE_COLUMNS: list[tuple[str, str, int]] = [
     ("RankMe", "rankme", 1), ("normalized score", "s_mu_score", 3), ("s_mu", "s_mu", 3),
-    ("dead dims (std < 1e-2)", "frac_dead_dims", 3), ("mean abs corr", "mean_abs_corr", 3),
+    ("std (l2, x sqrt d)", "std_l2", 3), ("dead dims (l2)", "frac_dead_dims_l2", 3),
+    ("mean abs corr", "mean_abs_corr", 3), ("dead dims (raw)", "frac_dead_dims", 3),
 ]
 assert {s for _, s in COLLAPSE_METRICS} <= {s for _, s, _ in COLLAPSE_COLUMNS}
 

@@ -21,11 +21,14 @@ from embreg.analysis.palette import arm_color, is_reference, reference_line
 from embreg.analysis.references import is_pixels
 from embreg.analysis.stats import describe
 
-COLLAPSE_PANELS = {"normalized score (s_mu - L) / (U - L)": "s_mu_score", "RankMe": "rankme"}
+# direction-based measures only: row lengths cannot hide a collapse from them (embreg.metrics)
+COLLAPSE_PANELS = {"normalized score (s_mu - L) / (U - L)": "s_mu_score", "RankMe": "rankme",
+                   "std of the l2-normalized rows (x sqrt d)": "std_l2"}
 
 
 def collapse_plot(results: Results, name: str, methods: list[str], path: Path) -> Path:
-    """Per layer (x, network order): normalized score and RankMe per run, mean with 95% t-interval bars."""
+    """Per layer (x, network order): normalized score, RankMe and direction std per run, mean with
+    95% t-interval bars."""
     runs = [m for m in methods if not is_pixels(results, m)]
     layers = embeddings(results, runs)
     title = results.manifest["ablations"][name].get("title", name)

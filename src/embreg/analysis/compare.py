@@ -25,8 +25,11 @@ CONF_ABLATION_DIR = Path("conf/ablation")  # relative to the repository root (DV
 TESTED_METRICS: list[tuple[str, str]] = [("linear top-1", "linear_top1"), ("kNN-20 top-1", "knn20_top1"),
                                          ("10% top-1", "semi_10pct_top1"), ("1% top-1", "semi_1pct_top1")]
 # (label, suffix after "<embedding>_"): the collapse metrics tested per embedding
+# direction-based measures lead: a collapsed embedding cannot hide behind varied row lengths in any
+# of them (embreg.metrics.collapse_metrics); the raw dead-dimension count is shown, never tested
 COLLAPSE_METRICS: list[tuple[str, str]] = [("RankMe", "rankme"), ("normalized score", "s_mu_score"),
-                                           ("dead dims", "frac_dead_dims"), ("mean abs corr", "mean_abs_corr")]
+                                           ("std (l2)", "std_l2"), ("dead dims (l2)", "frac_dead_dims_l2"),
+                                           ("mean abs corr", "mean_abs_corr")]
 
 
 @dataclass

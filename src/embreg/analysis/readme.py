@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from embreg.analysis.claims import verdict_line, verdicts
 from embreg.analysis.findings import findings, method_note, resolution_line
 from embreg.analysis.study_report import spearman_lines, verdict_lines
 from embreg.analysis.summary import Analysis, resolution
@@ -36,6 +37,8 @@ def readme_block(an: Analysis, results_path: str) -> str:
         else:
             out += [f"- {line}" for line in findings(an.accuracy.get(name, []))]
             out += [f"- collapse: {line}" for line in findings(an.collapse.get(name, []), list_rest=False)]
+            comps = an.accuracy.get(name, []) + an.collapse.get(name, [])
+            out += [f"- claim: {verdict_line(v)}" for v in verdicts(abl, comps)]
         out.append("")
     if an.runs or not an.studies:
         out.append(resolution_line(an, resolution(an)))

@@ -17,7 +17,7 @@ PIXELS, RANDOM_INIT, SUPERVISED = "pixels", "random_init", "supervised"
 REFERENCES = (PIXELS, RANDOM_INIT, SUPERVISED)
 # metrics.json keys of the collapse metrics after flattening end with these
 COLLAPSE_SUFFIXES = ("_s_mu", "_s_mu_lower", "_s_mu_upper", "_s_mu_score", "_rankme", "_frac_dead_dims",
-                     "_mean_abs_corr", "_dim")
+                     "_std_l2", "_frac_dead_dims_l2", "_mean_abs_corr", "_dim")
 
 RANDOM_INIT_SEMI = ("no semi-supervised result by design: fine-tuning a random initialization on the 1% / 10% "
                     "labels is exactly the supervised baseline's from-scratch fine-tuning (see its columns).")

@@ -16,6 +16,7 @@ import pandas as pd
 
 from embreg.analysis.aggregate import Results, load_results
 from embreg.analysis.cells import Table, short_error, write_table
+from embreg.analysis.claims import RULE, verdict_line, verdicts
 from embreg.analysis.collapse import collapse_table, regime_table
 from embreg.analysis.exports import ACCURACY_TABLE, HISTORY_TABLE, METRICS_FILE, accuracy_table, metrics
 from embreg.analysis.findings import findings, method_note, resolution_line
@@ -130,6 +131,15 @@ def _bullets(lines: list[str]) -> list[str]:
     return [f"- {line}" for line in lines]
 
 
+def claims_section(name: str, abl: dict[str, Any], comps: list) -> list[str]:
+    """The verdicts on the ablation's published claims, with the rule fixed before the run."""
+    found = verdicts(abl, comps)
+    if not found:
+        return []
+    return [f"### Published claims ({name})", "", f"Rule, fixed before the run: {RULE}.", "",
+            *_bullets([verdict_line(v) for v in found]), ""]
+
+
 def render_report(an: Analysis, tables: dict[str, Table], plots: dict[str, Path], errors: dict[str, str]) -> str:
     """The whole REPORT.md text."""
     man = an.results.manifest
@@ -150,7 +160,8 @@ def render_report(an: Analysis, tables: dict[str, Table], plots: dict[str, Path]
                 f"### Collapse per layer ({name})", "", tables[f"{name}_collapse"].markdown(),
                 _image(plots, errors, f"{name}_collapse", f"{name} collapse per layer"), "",
                 tables[f"{name}_collapse_tests"].markdown(),
-                "Computed from the collapse table:", "", *_bullets(findings(an.collapse[name])), ""]
+                "Computed from the collapse table:", "", *_bullets(findings(an.collapse[name])), "",
+                *claims_section(name, abl, an.accuracy[name] + an.collapse[name])]
     for name, study in an.studies.items():
         out += study_section(an.results, study, man["ablations"][name], tables,
                              _image(plots, errors, name, f"{name} curves"))

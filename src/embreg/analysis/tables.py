@@ -134,7 +134,8 @@ def ablation_table(results: Results, name: str, runs: list[str], comps: list[Com
 
 def metric_decimals(key: str) -> int:
     """Accuracies and ranks to 0.1; fractions and scores (in [0, 1]) to 0.001."""
-    return 3 if key.endswith(("_s_mu_score", "_frac_dead_dims", "_mean_abs_corr", "_s_mu")) else 1
+    return 3 if key.endswith(("_s_mu_score", "_frac_dead_dims", "_frac_dead_dims_l2", "_std_l2", "_mean_abs_corr",
+                              "_s_mu")) else 1
 
 
 def tests_table(name: str, title: str, comps: list[Comparison]) -> Table:

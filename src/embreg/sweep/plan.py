@@ -166,6 +166,7 @@ def write_manifest(plan: Plan, results_dir: Path) -> dict[str, Any]:
             "title": abl.title, "question": abl.question, "arms": abl.arms,
             "baselines": abl.baselines, "seeds": abl.seeds, "sweep_seeds": abl.sweep_seeds,
             "comparisons": [list(pair) for pair in abl.comparisons],
+            **({"claims": [dict(c) for c in abl.claims]} if abl.claims else {}),
             **({"study": abl.study} if abl.study else {}),  # a robustness study (embreg.analysis.studies)
             "sweeps": [{"arm": s["arm"], "key": s["key"], "values": list(s["values"]),
                         "runs": [f"{s['arm']}@{s['key'].split('.')[-1]}={v}" for v in s["values"]]}

@@ -121,12 +121,26 @@ def load() -> Registry[Term]:
     global _loaded
     if not _loaded:
         _loaded = True
-        found = sorted(m.name for m in pkgutil.iter_modules(__path__))
-        for mod in [*BUILTIN, *(m for m in found if m not in BUILTIN)]:
-            importlib.import_module(f"{__name__}.{mod}")
-        for name in filter(None, (s.strip() for s in os.environ.get(PLUGINS_ENV, "").split(","))):
-            importlib.import_module(name)
+        for mod in _module_order():
+            importlib.import_module(mod)
     return TERMS
+
+
+def _module_order() -> list[str]:
+    """``BUILTIN``, then this package's other modules alphabetically, then ``$EMBREG_TERMS``'s."""
+    found = sorted(m.name for m in pkgutil.iter_modules(__path__))
+    local = [f"{__name__}.{m}" for m in [*BUILTIN, *(m for m in found if m not in BUILTIN)]]
+    return local + [n for n in (s.strip() for s in os.environ.get(PLUGINS_ENV, "").split(",")) if n]
+
+
+def names() -> list[str]:
+    """Every term, in the order terms are computed and summed in: by module (``_module_order``),
+    then as each module declares them. Fixed whatever was imported first (the order of a float
+    sum changes its last bits)."""
+    load()
+    rank = {m: i for i, m in enumerate(_module_order())}
+    declared = TERMS.registered()
+    return sorted(declared, key=lambda n: (rank.get(TERMS.get(n).fn.__module__, len(rank)), declared.index(n)))
 
 
 def get(name: str) -> Term:
@@ -134,12 +148,10 @@ def get(name: str) -> Term:
     return load().get(name)
 
 
-def ordered(names: Any) -> list[str]:
-    """``names`` in registration order (``BUILTIN``, then this package's other modules
-    alphabetically, each module's terms as declared, plugins last): the order terms are computed
-    and summed in, the same for every run."""
-    order = {n: i for i, n in enumerate(load().registered())}
-    return sorted(names, key=lambda n: order.get(n, len(order)))
+def ordered(selected: Any) -> list[str]:
+    """The ``selected`` term names in ``names()`` order (unknown names last, as given)."""
+    order = {n: i for i, n in enumerate(names())}
+    return sorted(selected, key=lambda n: order.get(n, len(order)))
 
 
 def catalog() -> list[dict[str, Any]]:
@@ -148,4 +160,4 @@ def catalog() -> list[dict[str, Any]]:
     return [{"name": t.name, "doc": t.doc, "equation": t.equation,
              "params": {k: p.default for k, p in t.params.items()}, "regularizer": t.regularizer,
              "monitor": t.monitor, "kinds": list(t.kinds), "head": t.head is not None}
-            for t in (load().get(n) for n in load().registered())]
+            for t in (get(n) for n in names())]
