@@ -18,6 +18,9 @@ from embreg.params import PipelineParams, group_options, load_params
 from embreg.registry import UnknownNameError, check_choice
 
 os.environ["EMBREG_CONF"] = str(Path(__file__).resolve().parents[1] / "conf")
+# what a person ran, recorded by every run this stage starts (embreg.provenance)
+os.environ.setdefault("EMBREG_COMMAND", f"dvc repro {os.environ['DVC_STAGE']}" if os.environ.get("DVC_STAGE")
+                      else " ".join(["python", *sys.argv]))
 
 # OSError: a read-only data dir, a results path that is a file, a full disk: one line each too
 USER_ERRORS = (UnknownNameError, DataUnavailableError, ValueError, OSError)

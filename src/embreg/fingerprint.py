@@ -42,7 +42,7 @@ TERMS_PACKAGE = "terms"  # a run hashes the modules of the terms it trains with 
 # what a run goes through without changing its numbers: locks, atomic writes, signals, status
 # files, checks, the entry point (sweep dependencies all the same)
 PLUMBING: tuple[str, ...] = ("ablation.py", "attempt.py", "checks.py", "fingerprint.py", "io.py", "overrides.py",
-                             "preemption.py", "registry.py", "rundir.py", "train.py")
+                             "preemption.py", "provenance.py", "registry.py", "rundir.py", "train.py")
 TRAINING_CODE: tuple[str, ...] = tuple(sorted({p for ps in CODE_PARTS.values() for p in ps}
                                               | {TERMS_PACKAGE, *PLUMBING}))
 # what the sweep stage runs besides: reading params.yaml, planning and launching

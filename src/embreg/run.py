@@ -28,6 +28,7 @@ from embreg.fingerprint import fingerprint_of, fingerprint_parts
 from embreg.io import available_cores, git_revision, write_json, write_text
 from embreg.models import build_model
 from embreg.pretrain import DivergedError, pretrain, read_checkpoint
+from embreg.provenance import machine
 from embreg.rundir import (
     State,
     checkpoint_path,
@@ -106,7 +107,8 @@ def _attempt(cfg: RunConfig, rd: Path, parts: dict[str, str], dist: DistInfo) ->
         (wd / stale).unlink(missing_ok=True)
     meta = {"run_id": run_id(cfg), "arm": cfg.arm, "seed": cfg.seed, "fingerprint": fp, "fingerprint_parts": parts,
             "git_revision": git_revision(), "host": socket.gethostname(), "pid": os.getpid(),
-            "world_size": dist.world_size, **job_info()}
+            "world_size": dist.world_size, **job_info(),
+            "machine": machine(cfg.profile.device, cpu_share(cfg.runtime.threads))}
     write_text(wd / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
     write_status(wd, {**meta, "state": State.RUNNING, "started": time.time()})
     t0 = time.time()
@@ -122,7 +124,8 @@ def _attempt(cfg: RunConfig, rd: Path, parts: dict[str, str], dist: DistInfo) ->
         write_status(wd, {**meta, "state": State.INTERRUPTED, "error": type(exc).__name__,
                           "seconds": time.time() - t0})
         raise
-    status = {**meta, "state": state.value, "error": error, "seconds": time.time() - t0}
+    status = {**meta, "state": state.value, "error": error, "seconds": time.time() - t0, "started": t0,
+              "ended": time.time()}
     if state == State.DONE:
         clean, why = finite({**meta, **metrics})  # JSON has no NaN: null, and the reason
         write_json(wd / "metrics.json", {**clean, **({"null_reasons": why} if why else {})})

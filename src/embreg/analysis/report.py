@@ -21,6 +21,7 @@ from embreg.analysis.collapse import collapse_table, regime_table
 from embreg.analysis.exports import ACCURACY_TABLE, HISTORY_TABLE, METRICS_FILE, accuracy_table, metrics
 from embreg.analysis.findings import findings, method_note, resolution_line
 from embreg.analysis.plots import HEADLINE, make_plots
+from embreg.analysis.provenance import write_provenance
 from embreg.analysis.readme import BLOCK_FILE, readme_block
 from embreg.analysis.study_plots import study_plot_jobs
 from embreg.analysis.study_report import HOW_TO_READ as STUDY_HOW_TO_READ
@@ -226,4 +227,5 @@ def analyze(results_dir: Path, conf_dir: Path | None = None) -> dict[str, Any]:
     _write_json(results_dir / METRICS_FILE, metrics(an))
     (results_dir / "REPORT.md").write_text(render_report(an, tables, plots, errors))
     (results_dir / BLOCK_FILE).write_text(readme_block(an, display_path(results_dir)))
+    write_provenance(an.results, display_path(results_dir))
     return summary
