@@ -25,7 +25,8 @@ def test_plan_covers_every_ablation_once():
     assert {j.seed for j in plan.jobs if j.sweep_key is None} == {0, 1, 2}
     assert {"pixels", "random_init", "supervised"} <= {j.arm for j in plan.jobs}
     sweep_jobs = [j for j in plan.jobs if j.sweep_key]
-    assert {j.seed for j in sweep_jobs} == {0} and len(sweep_jobs) == 8  # 6 coefficients + 2 layer weights
+    points = {(sw["arm"], sw["key"], v) for abl in plan.ablations.values() for sw in abl.sweeps for v in sw["values"]}
+    assert {j.seed for j in sweep_jobs} == {0} and len(sweep_jobs) == len(points)  # each point once, one seed
 
 
 def test_sensitivity_points_never_fine_tune():
@@ -43,14 +44,16 @@ def test_multiruns_group_by_swept_key():
     params = _params()
     plan = make_plan(params)
     cmds = multirun_commands(plan, plan.jobs, params)
-    # main arms, and one per swept arm (var_l2, svmax, vicreg's covariance, the two layer weights)
-    assert len(cmds) == 6
+    # main arms, and one per swept (arm, key): var_l2, svmax, vicreg's covariance, barlow's lambda, two layer weights
+    swept = {(sw["arm"], sw["key"]) for abl in plan.ablations.values() for sw in abl.sweeps}
+    assert len(cmds) == 1 + len(swept)
     main = next(c for c in cmds if not any(a.startswith("tag_keys") for a in c))
     assert "--multirun" in main and "hydra/launcher=local" in main
     assert "hydra.sweeper.max_batch_size=2" in main and "runtime.threads=1" in main
     assert "seed=0,1,2" in main
     objectives = next(a for a in main if a.startswith("objective=")).split("=")[1].split(",")
-    assert len(objectives) == len(set(objectives)) == 10  # 7 arms, 3 references
+    arms = {a for abl in plan.ablations.values() for a in [*abl.arms, *abl.baselines]}
+    assert len(objectives) == len(set(objectives)) and set(objectives) == arms  # every arm and reference once
     svmax = next(c for c in cmds if "tag_keys=[objective.terms.svmax]" in c)
     assert "objective.terms.svmax=0.1,10.0" in svmax and "seed=0" in svmax
     assert "eval.semi_supervised=false" in svmax
