@@ -70,6 +70,8 @@ def main() -> None:
     """``python -m embreg.train`` / ``embreg-train``: a bad override is one line on stderr and
     exit status 2, not Hydra's report; then the run, whose exit status says how it ended
     (0 done, 1 failed or diverged, 2 refused: invalid config, missing data, locked)."""
+    # what a person ran, recorded by the run (embreg.provenance); the jobs of a multirun inherit it
+    os.environ.setdefault("EMBREG_COMMAND", " ".join(["python -m embreg.train", *sys.argv[1:]]))
     try:
         check_overrides(sys.argv[1:])
     except ValueError as exc:

@@ -51,8 +51,41 @@ def _tables(out: str) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     return _table(counts), _table(runs) if runs.strip() else []
 
 
+# the two ablations as this test knows them (the project's files grow arms: these do not)
+FROZEN = {
+    "covariance": {"name": "covariance", "title": "B", "question": "q", "arms": ["vicreg", "vicreg_nocov", "inv_only"],
+                   "baselines": "${profile.baselines}", "comparisons": [["vicreg_nocov", "vicreg"]],
+                   "sweeps": [{"arm": "vicreg", "key": "objective.terms.covariance", "values": [0.1, 10.0]}],
+                   "seeds": "${profile.seeds}", "sweep_seeds": "${profile.sweep_seeds}"},
+    "layers": {"name": "layers", "title": "C", "question": "q", "arms": ["vicreg", "vicreg_all", "svmax", "svmax_all"],
+               "baselines": "${profile.baselines}", "comparisons": [["vicreg_all", "vicreg"]],
+               "sweeps": [{"arm": "svmax_all", "key": "objective.layer_weight", "values": [0.2]},
+                          {"arm": "vicreg_all", "key": "objective.layer_weight", "values": [0.2]}],
+               "seeds": "${profile.seeds}", "sweep_seeds": "${profile.sweep_seeds}"},
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def frozen_conf(tmp_path_factory):
+    """conf/ with FROZEN's ablation files, for this module and the commands it starts."""
+    import os
+    import shutil
+
+    conf = tmp_path_factory.mktemp("conf") / "conf"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "conf", conf)
+    for name, doc in FROZEN.items():
+        (conf / "ablation" / f"{name}.yaml").write_text(yaml.safe_dump(doc))
+    before = os.environ.get("EMBREG_CONF")
+    os.environ["EMBREG_CONF"] = str(conf)
+    yield conf
+    if before is None:
+        os.environ.pop("EMBREG_CONF")
+    else:
+        os.environ["EMBREG_CONF"] = before
+
+
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
+def repo(tmp_path_factory, frozen_conf) -> Path:
     """A params.yaml for the smoke profile with its results in a temporary directory, and
     status files for some of its runs."""
     root = tmp_path_factory.mktemp("status")

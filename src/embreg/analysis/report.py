@@ -132,6 +132,13 @@ def _bullets(lines: list[str]) -> list[str]:
     return [f"- {line}" for line in lines]
 
 
+def claims_summary(an: Analysis) -> dict[str, Any]:
+    """summary.json's ``claims``: each ablation's verdicts on its published claims, and the rule."""
+    man = an.results.manifest["ablations"]
+    return {"claims": {name: verdicts(man[name], an.accuracy[name] + an.collapse[name])
+                       for name in an.runs if man[name].get("claims")}, "claims_rule": RULE}
+
+
 def claims_section(name: str, abl: dict[str, Any], comps: list) -> list[str]:
     """The verdicts on the ablation's published claims, with the rule fixed before the run."""
     found = verdicts(abl, comps)
@@ -222,7 +229,7 @@ def analyze(results_dir: Path, conf_dir: Path | None = None) -> dict[str, Any]:
     accuracy_table(an).to_csv(tables_dir / ACCURACY_TABLE, index=False)
     history_table(an.results).to_csv(tables_dir / HISTORY_TABLE, index=False)
     plots, errors = make_plots(an, results_dir / "plots", study_plot_jobs(an))
-    summary = summarize(an)
+    summary = {**summarize(an), **claims_summary(an)}
     _write_json(results_dir / "summary.json", summary)
     _write_json(results_dir / METRICS_FILE, metrics(an))
     (results_dir / "REPORT.md").write_text(render_report(an, tables, plots, errors))

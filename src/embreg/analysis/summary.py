@@ -112,12 +112,8 @@ def summarize(an: Analysis) -> dict[str, Any]:
     for row in regime_rows(res, an.all_runs()):
         regime.setdefault(str(row["run"]), {})[str(row["embedding"])] = {
             k: row[k] for k in ("b", "d", "regime", "random_score")}
-    from embreg.analysis.claims import RULE, verdicts  # it states its verdicts with the findings' words
-
-    claims = {name: verdicts(res.manifest["ablations"][name], an.accuracy[name] + an.collapse[name])
-              for name in an.runs if res.manifest["ablations"][name].get("claims")}
     return _clean({"profile": res.manifest.get("profile", "unknown"), "arms": arms, "comparisons": comparisons,
-                   "claims": claims, "claims_rule": RULE,
+
                    "references": references, "regime": regime, "resolution": resolution(an),
                    "studies": {name: study_summary(st) for name, st in an.studies.items()},
                    # the protocol's constants, so every number of the generated text is found here
