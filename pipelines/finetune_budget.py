@@ -1,4 +1,4 @@
-"""Measure the semi-supervised fine-tuning budget (issue 11, item 3): for ONE fixed pretrained
+"""Measure the semi-supervised fine-tuning budget a profile can afford: for ONE fixed pretrained
 checkpoint, fine-tune it on each label subset at several budgets (epochs over the subset) and
 several fine-tuning seeds, and report which budget makes the cell stop moving.
 

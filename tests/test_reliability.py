@@ -1,4 +1,4 @@
-"""Issue 10: a finished result is never lost, every failure says so. Each test sets up the
+"""A finished result is never lost, and every failure says so. Each test sets up the
 on-disk state a user met (a finished run, a bad config, a killed process, a corrupt file) and
 checks what the real entry points do with it: ``run_one``, ``python -m embreg.train``, the
 sweep's plan and launch, ``embreg status`` and the prepare stage."""

@@ -1,8 +1,11 @@
-"""The README's results blocks are what the analysis generates from the committed results/default
-and results/robustness (the robustness studies' block between its own markers).
+"""Each profile's results page (docs/results/<profile>.md) holds what the analysis generates from the
+committed results/<profile> (the default's block between `<!-- results:... -->` markers, another
+profile's between `<!-- results:<profile>:... -->`), with its links written from the page; a
+profile without committed results says so.
 
 Read at test time, so regenerated results (new arms, more seeds) only need
-`python pipelines/readme.py` to pass again; a README edited by hand, or not refreshed, fails.
+`python pipelines/readme.py --profile P` to pass again; a page edited by hand, or not refreshed,
+fails. The splicer itself: tests/analysis/test_analysis.py and test_studies.py.
 """
 
 from __future__ import annotations
@@ -12,15 +15,20 @@ from pathlib import Path
 import pytest
 
 from embreg.analysis.aggregate import load_results
-from embreg.analysis.readme import block_in, readme_block
+from embreg.analysis.readme import block_in, page_block, readme_block, relink, results_page, splice
 from embreg.analysis.summary import build, summarize
 from tests.analysis.helpers import missing_from_summary, stated_numbers
 
 REPO = Path(__file__).resolve().parents[2]
-PROFILES = ["default", "robustness"]
+PAGES = sorted(p.stem for p in (REPO / "docs" / "results").glob("*.md") if p.stem != "index")
+WITH_RESULTS = [p for p in PAGES if (REPO / "results" / p / "runs" / "manifest.json").is_file()]
 
 
-@pytest.fixture(scope="module", params=PROFILES)
+def page_text(profile: str) -> str:
+    return (REPO / results_page(profile)).read_text()
+
+
+@pytest.fixture(scope="module", params=WITH_RESULTS)
 def generated(request: pytest.FixtureRequest) -> tuple[str, str, dict]:
     """The block and the summary the analysis writes for results/<profile> (comparisons from conf/ablation)."""
     results = f"results/{request.param}"
@@ -28,15 +36,34 @@ def generated(request: pytest.FixtureRequest) -> tuple[str, str, dict]:
     return request.param, readme_block(an, results), summarize(an)
 
 
-def test_readme_block_is_generated(generated: tuple[str, str, dict]) -> None:
+def test_committed_profiles_have_a_page() -> None:
+    assert {"default", "robustness"} <= set(WITH_RESULTS), WITH_RESULTS
+
+
+def test_results_page_block_is_generated(generated: tuple[str, str, dict]) -> None:
     profile, block, _ = generated
-    assert block_in((REPO / "README.md").read_text(), profile) == block, (
-        f"README.md's {profile} results block is stale: run `python pipelines/analyze.py --profile {profile} && "
+    page = results_page(profile)
+    assert block_in(page_text(profile), profile) == page_block(block, page), (
+        f"{page}'s results block is stale: run `python pipelines/analyze.py --profile {profile} && "
         f"python pipelines/readme.py --profile {profile}`")
 
 
-def test_readme_numbers_are_in_summary(generated: tuple[str, str, dict]) -> None:
+def test_results_page_numbers_are_in_summary(generated: tuple[str, str, dict]) -> None:
     profile, _, summary = generated
-    readme_block_text = block_in((REPO / "README.md").read_text(), profile)
-    assert len(stated_numbers(readme_block_text)) > 50  # the main table and the findings, not an empty block
-    assert missing_from_summary(readme_block_text, summary) == []
+    text = block_in(page_text(profile), profile)
+    assert len(stated_numbers(text)) > 50  # the main table and the findings, not an empty block
+    assert missing_from_summary(text, summary) == []
+
+
+@pytest.mark.parametrize("profile", [p for p in PAGES if p not in WITH_RESULTS])
+def test_a_page_without_results_says_so(profile: str) -> None:
+    assert block_in(page_text(profile), profile).startswith("No committed results for this profile yet")
+
+
+def test_links_are_rewritten_from_the_page() -> None:
+    block = "From [`results/x/REPORT.md`](results/x/REPORT.md), [site](https://a.b/c) and [top](#top).\n"
+    assert relink(block, Path("docs/results/x.md")) == (
+        "From [`results/x/REPORT.md`](../../results/x/REPORT.md), [site](https://a.b/c) and [top](#top).\n")
+    assert relink(block, Path("README.md")) == block
+    page = "# x\n<!-- results:x:begin -->\nold\n<!-- results:x:end -->\n"
+    assert block_in(splice(page, "new\n", "x"), "x") == "new\n"

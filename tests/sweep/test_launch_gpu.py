@@ -1,4 +1,4 @@
-"""The launchers on a cuda profile (issue 17): each run gets a GPU, the jobs at once and torch
+"""The launchers on a cuda profile: each run gets a GPU, the jobs at once and torch
 threads come from the GPUs and cores, SLURM asks for GPUs, CPUs and memory to match, and the
 settings that cannot run the profile fail in one line each before anything is launched. On a
 fake machine (CUDA_VISIBLE_DEVICES, a fake nvidia-smi), with submitit's real executors."""

@@ -79,7 +79,7 @@ def metric_table(results: Results, name: str, title: str, runs: list[str], colum
         columns = [c for c in columns if c not in semi]
         table.remark = ("No semi-supervised columns: no run here fine-tunes, by design (this profile switches "
                         "`eval.semi_supervised` off: no fine-tuning budget it can afford measures the representation "
-                        "rather than the optimizer, see the README's evaluation protocol; the references never do).")
+                        "rather than the optimizer: see docs/evaluation.md; the references never do).")
     marked = {(c.arm, c.metric) for c in comps or [] if c.significant}
     delta = reference_deltas(results, runs) if deltas else {}
     rows = []

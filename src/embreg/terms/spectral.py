@@ -5,8 +5,8 @@
 min(b, d)): for b << d or d << b much cheaper than an SVD of the (b, d) matrix. Tested against
 NumPy's SVD, gradcheck and near-collapse cases in tests/terms/test_svmax.py.
 
-Eigensolvers fail on some ill-conditioned, low-rank input (cuSOLVER's syevj / syevd, pytorch
-issues 94772 and 105359), which is what a nearly collapsed embedding's Gram matrix is. A failure on
+Eigensolvers fail on some ill-conditioned, low-rank input (cuSOLVER's syevj / syevd,
+pytorch#94772 and pytorch#105359), which is what a nearly collapsed embedding's Gram matrix is. A failure on
 finite input is not a divergence: ``eigh`` retries in float64, then on the CPU; only a non-finite
 input is reported as one (``NonFiniteEmbeddingError``).
 """
