@@ -21,12 +21,13 @@ from typing import Any
 
 # tag -> the docs page holding that block (markers <!-- tag:begin --> / <!-- tag:end -->)
 PAGES = {"terms": "docs/terms.md", "profiles": "docs/profiles.md", "slurm-resources": "docs/slurm.md",
-         "ablations": "docs/ablations.md", "modules": "docs/architecture.md"}
+         "ablations": "docs/ablations.md", "modules": "docs/architecture.md",
+         "findings": "README.md", "status": "README.md"}  # the README's two: embreg.analysis.headline
 
 
 # the profiles' order in the tables: by scale, the CPU profiles first
-ORDER = ("smoke", "default", "robustness", "hosts", "fmnist_gpu", "cifar10", "cifar100", "stl10", "imagenet100",
-         "imagenet")
+ORDER = ("smoke", "default", "robustness", "hosts", "fmnist_gpu", "fmnist_gpu_hosts", "cifar10", "cifar100", "stl10",
+         "imagenet100", "imagenet")
 
 
 def _cell(text: Any) -> str:
@@ -230,5 +231,10 @@ def modules_block(package: Path) -> str:
 
 def blocks(repo: Path) -> dict[str, str]:
     """tag -> generated block, for every block in ``PAGES``."""
-    return {"terms": terms_block(), "profiles": profiles_block(), "slurm-resources": slurm_block(repo / "results"),
-            "ablations": ablations_block(), "modules": modules_block(repo / "src" / "embreg")}
+    from embreg.analysis.headline import key_findings, status_table
+
+    results = repo / "results"
+    return {"terms": terms_block(), "profiles": profiles_block(), "slurm-resources": slurm_block(results),
+            "ablations": ablations_block(), "modules": modules_block(repo / "src" / "embreg"),
+            "findings": key_findings(results, Path("results")),
+            "status": status_table(results, [p for p in ORDER if p != "smoke"], Path("results"))}

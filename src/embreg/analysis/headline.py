@@ -29,7 +29,8 @@ def _ci(m: dict[str, Any]) -> str:
 
 
 def _diff(c: dict[str, Any]) -> str:
-    return f"{c['effect']:+.1f} [{c['ci_low']:+.1f}, {c['ci_high']:+.1f}] points, p (Holm) = {fmt_p(c['p_holm'])}"
+    mark = ", borderline" if c.get("borderline") else ""
+    return f"{c['effect']:+.1f} [{c['ci_low']:+.1f}, {c['ci_high']:+.1f}] (p Holm = {fmt_p(c['p_holm'])}{mark})"
 
 
 def scale_sentence(summary: dict[str, Any]) -> str | None:
@@ -55,10 +56,13 @@ def ablation_sentence(summary: dict[str, Any], name: str, title: str) -> str | N
     if comps is None:
         return None
     tested = [(pair, key, c) for pair, by in comps.items() for key, c in by.items() if key in ACCURACY]
-    sig = [f"`{pair}` {_diff(c)} in {ACCURACY[key]}" + (" (borderline)" if c.get("borderline") else "")
-           for pair, key, c in tested if c.get("significant")]
-    rest = len(tested) - len(sig)
-    head = f"**{title}**: " + ("; ".join(sig) if sig else "no accuracy difference passes")
+    by_pair: dict[str, list[str]] = {}
+    for pair, key, c in tested:
+        if c.get("significant"):
+            by_pair.setdefault(pair, []).append(f"{ACCURACY[key]} {_diff(c)}")
+    sig = [f"`{pair}` " + ", ".join(cells) for pair, cells in by_pair.items()]
+    rest = len(tested) - sum(len(c) for c in by_pair.values())
+    head = f"**{title}** (points, arm minus reference): " + ("; ".join(sig) if sig else "no accuracy difference passes")
     return head + (f"; the other {rest} accuracy comparisons are {NOT_RESOLVED}." if rest else ".")
 
 
@@ -80,8 +84,9 @@ def study_sentence(summary: dict[str, Any]) -> str | None:
             if parts else None)
 
 
-def key_findings(results: Path = Path("results")) -> str:
-    """The Key findings block: one sentence per source, in the order a reader asks."""
+def key_findings(results: Path = Path("results"), shown: Path = Path("results")) -> str:
+    """The Key findings block: one sentence per source, in the order a reader asks. ``results``
+    is read; ``shown`` is how links name it (relative to the README)."""
     default = _read(results / "default" / "summary.json") or {}
     lines = [s for s in [scale_sentence(default)] if s]
     titles = {"anticollapse": "A. SVMax vs VICReg's variance term", "covariance": "B. VICReg's covariance term",
@@ -93,11 +98,12 @@ def key_findings(results: Path = Path("results")) -> str:
     figure = results / "default" / "plots" / "headline.png"
     out = [f"- {line}" for line in lines] or ["- No profile has committed results yet."]
     if figure.is_file():
-        out += ["", f"![linear and kNN top-1 per arm, 95% CIs]({figure.as_posix()})"]
+        out += ["", f"![linear and kNN top-1 per arm, 95% CIs]({(shown / 'default' / 'plots' / 'headline.png').as_posix()})"]
     return "\n".join(out) + "\n"
 
 
-def status_table(results: Path = Path("results"), profiles: list[str] | None = None) -> str:
+def status_table(results: Path = Path("results"), profiles: list[str] | None = None,
+                 shown: Path = Path("results")) -> str:
     """One row per profile: its committed runs, the machine that made them, when, and its report."""
     rows = ["| profile | ablations | finished runs | made on | when | report |", "|:--|:--|--:|:--|:--|:--|"]
     for name in profiles or []:
@@ -110,5 +116,5 @@ def status_table(results: Path = Path("results"), profiles: list[str] | None = N
         fields = prov.get("fields", {})
         machine = "; ".join(v for f in ("CPU", "GPU") for v in fields.get(f, {}) if v != "none")
         rows.append(f"| `{name}` | {ablations} | {prov['runs_done']} | {machine} | {(prov.get('last_end') or '')[:10]} "
-                    f"| [REPORT]({(results / name / 'REPORT.md').as_posix()}) |")
+                    f"| [REPORT]({(shown / name / 'REPORT.md').as_posix()}) |")
     return "\n".join(rows) + "\n"
