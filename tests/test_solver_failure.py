@@ -145,3 +145,16 @@ def test_a_run_whose_solver_fails_everywhere_failed_and_did_not_diverge(smoke_cf
     status = run_one(cfg)
     assert status["state"] == "failed" and "eigensolver failed on a finite" in status["error"], status
 
+
+def test_an_svd_failing_on_a_finite_square_embedding_fails_the_run_and_does_not_diverge(smoke_cfg, monkeypatch):
+    """Near-square shapes (here 64 x 64) take torch's SVD: its failure on finite input is no
+    divergence either."""
+    cfg = smoke_cfg("objective=svmax", "optim.batch_size=64", "pretrain.epochs=1", "pretrain.steps_per_epoch=2")
+    assert S.uses_svd(64, 64)
+
+    def no_svd(a, *args, **kwargs):
+        raise torch.linalg.LinAlgError("linalg.svd: the algorithm failed to converge (patched)")
+
+    monkeypatch.setattr(torch.linalg, "svdvals", no_svd)
+    status = run_one(cfg)
+    assert status["state"] == "failed" and "LinAlgError" in status["error"], status

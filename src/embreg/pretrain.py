@@ -36,6 +36,7 @@ from embreg.objective import metric_loss, ssl_loss
 from embreg.optim import build_optimizer, cosine_schedule, set_lr
 from embreg.preemption import SIGNALS, Every, SignalCheckpoint
 from embreg.steplog import StepClock, TermLog, cost_summary, peak_memory_mb  # noqa: F401 - the bench's
+from embreg.terms.spectral import NonFiniteEmbeddingError
 
 SINGLE = DistInfo()
 
@@ -255,9 +256,9 @@ def pretrain(
                 loss, terms = train_step(model, x, y, cfg, norm, gen, dist, st.step % cfg.pretrain.monitor_every == 0)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-            except torch.linalg.LinAlgError as exc:  # an eigensolver given a NaN embedding
+            except NonFiniteEmbeddingError as exc:  # only a non-finite embedding: a solver failure is retried
                 read([0.0] * (len(SIGNALS) + 1))  # names an unread earlier step's non-finite loss first
-                raise DivergedError(f"loss is nan (SVD failed: {exc}) at epoch {epoch} step {i}") from None
+                raise DivergedError(f"loss is nan ({exc}) at epoch {epoch} step {i}") from None
             average_gradients(model)
             optimizer.step()
             log.add(terms)
