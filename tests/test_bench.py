@@ -146,6 +146,8 @@ def test_gpu_part_runs_tiny_on_cpu(tmp_path: Path) -> None:
     assert res["targets"]["gpu_eval_fraction"]["value"] == pytest.approx(0.25)
     assert gpu["cifar10"]["svmax"]["ms_per_step"] > 0 and gpu["loop"]["steps"] == bench_gpu.QUICK.loop_steps
     assert gpu["syncs"]["per_step"] == 0 and gpu["syncs"]["calibration"] == 0  # a CPU never syncs with a device
+    assert gpu["syncs"]["profile"] == "fmnist_gpu" and gpu["syncs"]["svmax_all"]["loop_per_step"] == 0
+    assert [(r["b"], r["d"]) for r in gpu["syncs"]["term"]] == [(4, 16), (4, 64), (4, 128), (4, 256), (4, 512)]
     assert [(r["b"], r["d"]) for r in gpu["svd"]] == [(b, d) for b, d, _ in QUICK_SIZES]
     assert all(r["rel_diff"] <= AGREEMENT_TOL for r in gpu["svd"])
     saved = json.loads((tmp_path / "out" / "bench.json").read_text())
@@ -201,3 +203,36 @@ def test_bare_reference_is_the_library_network_built_by_torchvision() -> None:
         assert lib_shapes == sorted(tuple(p.shape) for p in bare.parameters())
         x = torch.randn(2, cfg.dataset.in_channels, 32, 32)
         assert bare(x).shape == lib(x)[0].shape == (2, 16)
+
+
+def test_syncs_are_counted_at_the_grids_shapes_on_realistic_input() -> None:
+    """The sync part runs the grid's profile (b = 256, d = 1024; its stage taps), where SVMax
+    takes the Gram / eigensolver path (but for the square layer3 tap), on Fashion-MNIST-like
+    images (a dark field, bright class shapes), and SVMax's term alone on a low-rank-plus-noise
+    embedding as ill-conditioned as a real run's."""
+    from embreg.bench.svmax_gpu import (
+        eig_ratio,
+        low_rank_embedding,
+        real_shapes,
+        structured_images,
+        sync_config,
+    )
+    from embreg.terms.spectral import spectrum_precision, uses_svd
+
+    cfg = sync_config(10, "cpu", "svmax")
+    assert (cfg.optim.batch_size, cfg.pretrain.precision, cfg.pretrain.monitor_every) == (256, "bf16", 25)
+    shapes = real_shapes(cfg)
+    assert shapes == [(256, 1024), (256, 64), (256, 128), (256, 256), (256, 512)]
+    assert [uses_svd(b, d) for b, d in shapes] == [False, False, False, True, False]
+    x = structured_images(cfg, 20, torch.Generator().manual_seed(0))
+    assert x.shape == (20, 1, 28, 28) and x.dtype == torch.uint8
+    dark = (x < 40).float().mean()
+    assert 0.4 < dark < 0.9 and x.max() > 150  # mostly background, a few bright shapes: not uniform noise
+    assert not torch.equal(x[0] > 100, x[1] > 100)  # the classes' shapes differ
+    gen = torch.Generator().manual_seed(0)
+    for b, d in shapes:
+        if uses_svd(b, d):
+            continue
+        e = low_rank_embedding(b, d, gen)
+        assert 1e-7 < eig_ratio(e) < 1e-4, (b, d)
+        assert spectrum_precision(torch.nn.functional.normalize(e, dim=-1)) == "float64"

@@ -50,7 +50,7 @@ def two_ranks(objectives, tmp_path_factory) -> list[dict]:
 
 def test_presets_are_the_ones_meant(objectives):
     assert (objectives["vicreg"].space, objectives["svmax"].space) == ("raw", "l2")
-    assert objectives["vicreg_nocov"].covariance == 0 and objectives["svmax"].svmax > 0
+    assert objectives["vicreg_nocov"].terms.get("covariance", 0) == 0 and objectives["svmax"].terms["svmax"] > 0
     assert {n for n, o in objectives.items() if o.layers == "all"} == {"vicreg_all", "svmax_all"}
 
 
@@ -67,7 +67,7 @@ def test_half_batch_alone_differs(objectives, name):
     equality above is not vacuous."""
     obj = objectives[name]
     whole, half = compute(obj, DistInfo(), "ddp"), compute(obj, DistInfo(0, WORLD), "ddp")
-    trained = [k for k in ("variance", "covariance", "svmax") if getattr(obj, k) > 0]
+    trained = [k for k in ("variance", "covariance", "svmax") if obj.terms.get(k, 0) > 0]
     assert all(abs(half["terms"][k] - whole["terms"][k]) > 1e-3 for k in trained)
     assert not all(torch.allclose(half["grads"][n], g, atol=1e-3) for n, g in whole["grads"].items())
 
@@ -175,29 +175,38 @@ def test_single_process_is_the_identity(monkeypatch):
 
 
 # ------------------------------------------------------------------ pretraining's signal agreement
-def signal_task(cfg, ckpt: Path, info: DistInfo) -> dict[str, Any]:
-    """Pretrain on this rank; rank 1 alone receives USR2 after its third step. Every rank's
-    previous USR2 handler records the step at which it is called, then exits as submitit's does."""
+def signal_task(cfg, ckpt: Path, during_read: bool, info: DistInfo) -> dict[str, Any]:
+    """Pretrain on this rank; rank 1 alone receives USR2, after its third step or (``during_read``)
+    inside its first read of the logged terms, after the flags it tells the others were taken.
+    Every rank's previous USR2 handler records the step at which it is called, then exits as
+    submitit's does."""
     import signal
 
     import embreg.pretrain as P
     from embreg.data import load_split
     from embreg.models import build_model
+    from embreg.steplog import TermLog
 
-    real_step, steps, received = P.train_step, [], []
+    real_step, real_read, steps, reads, received = P.train_step, TermLog.read, [], [], []
 
     def step(*args, **kwargs):
         out = real_step(*args, **kwargs)
         steps.append(1)
-        if info.rank == 1 and len(steps) == 3:
+        if info.rank == 1 and len(steps) == 3 and not during_read:
             os.kill(os.getpid(), signal.SIGUSR2)
         return out
+
+    def read(self, dist, flags=()):
+        reads.append(1)
+        if info.rank == 1 and len(reads) == 1 and during_read:
+            os.kill(os.getpid(), signal.SIGUSR2)
+        return real_read(self, dist, flags)
 
     def previous(signum, frame):
         received.append((signum, len(steps)))
         raise SystemExit(0)
 
-    P.train_step = step
+    P.train_step, TermLog.read = step, read
     signal.signal(signal.SIGUSR2, previous)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.backbone, cfg.dataset.in_channels, cfg.dataset.num_classes)
@@ -209,15 +218,67 @@ def signal_task(cfg, ckpt: Path, info: DistInfo) -> dict[str, Any]:
     return {"received": received, "steps": len(steps)}
 
 
-def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(smoke_cfg, tmp_path):
+@pytest.mark.parametrize("during_read", [False, True])
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(smoke_cfg, tmp_path, during_read):
     """The ranks agree where they read their logged terms (every log_every steps): the signalled
     rank does not stop alone while the other waits in a collective; both checkpoint, then both
-    hand the signal to their previous handler, at the same step."""
+    hand the signal to their previous handler, at the same step. A signal that reaches rank 1
+    inside its read at step 2 (too late for that agreement) is kept for the next one, at step 4."""
     import signal
 
     cfg = smoke_cfg("objective=vicreg", "pretrain.epochs=4", "pretrain.steps_per_epoch=4", "runtime.log_every=2",
                     "runtime.checkpoint_every_s=1e9", "optim.batch_size=16")
-    ranks = spawn(spawned_rank, partial(signal_task, cfg, tmp_path / "c.pt"), tmp_path)
+    ranks = spawn(spawned_rank, partial(signal_task, cfg, tmp_path / "c.pt", during_read), tmp_path)
     assert [r["received"] for r in ranks] == [[(signal.SIGUSR2, 4)]] * WORLD
     assert [r["steps"] for r in ranks] == [4, 4]
     assert torch.load(tmp_path / "c.pt", weights_only=False)["step"] == 4  # rank 0's checkpoint
+
+
+# ------------------------------------------------------------------ one run on two ranks, start to end
+def env_rank(rank: int, world_size: int, port: int, task, out_dir: Path) -> None:
+    """Entry of a spawned process started the way torchrun starts one, joining no group itself:
+    ``task`` (a run) joins it from the environment."""
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    torch.save(task(), out_dir / f"rank{rank}.pt")
+
+
+def runs_task(bad, good) -> dict[str, Any]:
+    """A run whose batch does not split over the ranks, then one that does: what each returned
+    or raised, and whether a process group was left behind after each."""
+    from embreg.checks import ConfigError
+    from embreg.run import run_one
+
+    out: dict[str, Any] = {}
+    try:
+        run_one(bad)
+    except ConfigError as exc:
+        out["refused"] = str(exc)
+    out["group_after_refusal"] = torch.distributed.is_initialized()
+    out["state"] = run_one(good)["state"]
+    out["group_after_run"] = torch.distributed.is_initialized()
+    return out
+
+
+def test_a_run_on_two_ranks_leaves_its_process_group_and_refuses_a_batch_that_does_not_split(smoke_cfg, tmp_path):
+    """run_one joins the group from the environment and destroys it when it ends, refused or
+    finished; a global batch of 33 on two ranks is refused in one line before anything is
+    written (a remainder would be dropped, or hang the gather)."""
+    from embreg.rundir import run_dir
+
+    bad = smoke_cfg("objective=vicreg", "optim.batch_size=33", "seed=1", "runtime.threads=1")
+    good = smoke_cfg("objective=vicreg", "optim.batch_size=16", "pretrain.epochs=1", "runtime.threads=1")
+    ranks = spawn(env_rank, partial(runs_task, bad, good), tmp_path)
+    for out in ranks:
+        assert out["refused"] == ("optim.batch_size=33 does not split over 2 ranks: must be a multiple of the world "
+                                  "size (2); e.g. 32")
+        assert out["group_after_refusal"] is False and out["group_after_run"] is False
+        assert out["state"] == "done"
+    assert not run_dir(bad).exists() and (run_dir(good) / "metrics.json").is_file()
+
+
+def test_rank_rows_never_drop_a_remainder():
+    assert D.rank_rows(32, DistInfo(1, 2)) == slice(16, 32) and D.rank_rows(33, DistInfo()) is None
+    with pytest.raises(ValueError, match="does not split over 2 ranks"):
+        D.rank_rows(33, DistInfo(0, 2))

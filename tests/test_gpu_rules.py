@@ -1,7 +1,11 @@
 """The GPU path's rules that a CPU can check: resume reads a checkpoint to the CPU whatever the
 model's device, evaluation on one rank uses plain BatchNorm, a run's threads follow its CPU share,
 the logged terms are read every few steps (a non-finite loss still names its step), both views'
-SVMax spectra come from one eigensolver call, and retrieval skips a split without a gallery."""
+SVMax spectra come from one eigensolver call, SVMax off the CPU reads nothing back at the GPU
+profile's real shapes (which take the Gram / eigensolver path), bf16 autocast really runs the
+network in bf16, the training data's GPU budget is shared by the runs on a GPU, the raw-pixel
+reference runs on the run's device, streamed crops reach the device by a non-blocking copy, and
+retrieval skips a split without a gallery."""
 
 from __future__ import annotations
 
@@ -157,7 +161,67 @@ def test_retrieval_without_a_gallery_is_left_out_and_recall_needs_two_samples():
         recall_at_k(torch.randn(1, 4), torch.tensor([0]))
 
 
-def test_training_data_moves_to_the_gpu_only_when_it_fits():
+def test_training_data_moves_to_the_gpu_only_when_it_fits_its_share():
     split = Split(images=torch.zeros(4, 1, 2, 2, dtype=torch.uint8), labels=torch.zeros(4, dtype=torch.long))
     images, labels = P._on_device(split, torch.device("cpu"))
     assert images is split.images and labels is split.labels
+    assert P.device_data_budget(1) == 2 << 30 and P.device_data_budget(3) == (2 << 30) // 3
+    assert P.device_data_budget(0) == 2 << 30  # a hand run: the GPU is its own
+    # 1 GiB of images: within one run's 2 GiB, over each of three runs' share (no copy is attempted)
+    big = Split(images=torch.zeros(1, dtype=torch.uint8).expand(1 << 30), labels=torch.zeros(1, dtype=torch.long))
+    assert big.images.nbytes == 1 << 30  # what the rule reads (the view itself holds one byte)
+    images, _ = P._on_device(big, torch.device("cuda"), jobs_per_gpu=3)
+    assert images is big.images
+
+
+def test_the_local_launcher_tells_each_run_how_many_share_its_gpu():
+    from embreg.sweep.commands import lane_overrides
+    from embreg.sweep.resources import Lane
+
+    assert "runtime.jobs_per_gpu=3" in lane_overrides(Lane("1", 3), 0, 1)
+    assert not any(o.startswith("runtime.jobs_per_gpu") for o in lane_overrides(Lane(None, 2), 0, 1))
+
+
+def _tap_shapes(cfg) -> list[tuple[int, int]]:
+    model = build_model(cfg.backbone, cfg.dataset.in_channels, cfg.dataset.num_classes)
+    b = cfg.optim.batch_size
+    return [(b, model.embed_dim)] + [(b, c) for c in model.backbone.tap_dims.values()]
+
+
+def test_svmax_off_the_cpu_reads_nothing_back_at_the_gpu_profiles_shapes():
+    """On the meta device any read of a value or copy to the CPU raises: SVMax's forward and
+    backward there, at the fmnist_gpu shapes (b = 256, the final d = 1024 and each stage's tap),
+    prove that a GPU step waits for nothing but the solver's own error check (one per call).
+    The final embedding takes the Gram / eigensolver path, as do three of the four stages; the
+    square layer3 tap (256 x 256) takes torch's SVD (``uses_svd``)."""
+    from embreg.params import compose_run
+
+    shapes = _tap_shapes(compose_run("fmnist_gpu", ["profile.device=cpu"]))
+    assert shapes == [(256, 1024), (256, 64), (256, 128), (256, 256), (256, 512)]
+    assert [R.uses_svd(b, d) for b, d in shapes] == [False, False, False, True, False]
+    for b, d in shapes:
+        e = torch.empty(2, b, d, device="meta", requires_grad=True)
+        value = R.mean_singular_value(e)
+        value.sum().backward()
+        assert value.shape == (2,) and e.grad.shape == (2, b, d) and e.grad.device.type == "meta"
+        # off the CPU the precision is chosen without a read
+        assert R.spectrum_precision(e.detach()) == ("svd" if R.uses_svd(b, d) else "float64")
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
+def test_autocast_runs_the_network_in_the_profiles_precision(smoke_cfg, precision, dtype):
+    """A forward hook on every convolution and linear layer records its output dtype: bf16
+    throughout under bf16 autocast, float32 otherwise; the loss terms still get float32."""
+    from embreg.data import Normalizer
+
+    cfg = smoke_cfg("objective=svmax", f"pretrain.precision={precision}")
+    model = _model(cfg)
+    seen: set[torch.dtype] = set()
+    layers = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    hooks = [m.register_forward_hook(lambda mod, args, out: seen.add(out.dtype)) for m in layers]
+    x = load_split(cfg.paths.data, "fashion_mnist", train=True).images[:32]
+    loss, terms = P.train_step(model, x, None, cfg, Normalizer(cfg.dataset.mean, cfg.dataset.std),
+                               torch.Generator().manual_seed(0))
+    for h in hooks:
+        h.remove()
+    assert seen == {dtype} and loss.dtype == torch.float32 and terms["svmax"].dtype == torch.float32

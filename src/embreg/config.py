@@ -170,6 +170,9 @@ class RuntimeConfig:
     # logged terms stay on the device, read (a wait for a GPU) every this many steps, at epoch ends
     log_every: int = 50
     checkpoint_every_s: float = 300.0  # at least this often, at epoch ends and on USR2/TERM; 0: every step
+    # runs sharing this run's GPU at once (the local launcher sets it to its jobs per GPU): each
+    # keeps its training set on the GPU only within its share of the budget (pretrain.DEVICE_DATA_BYTES)
+    jobs_per_gpu: int = 1
     # true (the sweep's jobs): a finished run of another config in this run's directory is replaced;
     # false (a run by hand): refused, so a hand run never overwrites a result it was not meant for
     replace: bool = False

@@ -5,7 +5,7 @@ global batch: under SLURM through submitit (``tasks_per_node > 1``; submitit's
 ``TorchDistributedEnvironment`` turns SLURM's task variables into torch's ``env://``
 variables) or under ``torchrun`` (which sets ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``).
 ``init_from_env`` joins the process group: NCCL on GPU (one device per task, picked by the
-local rank), gloo on CPU. Parameter gradients are averaged over ranks after the backward pass,
+local rank), gloo on CPU; ``process_group`` joins it for one run and destroys it at the end. Parameter gradients are averaged over ranks after the backward pass,
 by ``DistributedDataParallel`` or by ``average_gradients`` for a model not wrapped in it.
 
 Losses call ``gather_with_grad``: the variance, covariance and SVMax terms see the whole global
@@ -17,6 +17,8 @@ run the same code path as multi-GPU training.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -86,6 +88,42 @@ def init_from_env(device_type: str) -> DistInfo:
         # modulo: SLURM may already have restricted each task to its own GPU
         torch.cuda.set_device(info.local_rank % gpus)
     return info
+
+
+@contextmanager
+def process_group(device_type: str) -> Iterator[DistInfo]:
+    """``init_from_env`` for the length of the block; a group it joined is destroyed at the end
+    (however the block ends), so its sockets and NCCL communicators are freed before the process
+    goes on (Hydra's basic launcher runs jobs one after another in one process) or ends. A group
+    that was there before is the caller's to end. No barrier: rank 0 evaluates alone."""
+    joined = not (tdist.is_available() and tdist.is_initialized())
+    info = init_from_env(device_type)
+    try:
+        yield info
+    finally:
+        if joined and info.world_size > 1 and tdist.is_initialized():
+            tdist.destroy_process_group()
+
+
+def batch_problem(batch_size: int, world_size: int) -> str | None:
+    """Why a global batch cannot be split over the ranks (one line), or None. Every rank takes an
+    equal contiguous slice (``rank_rows``) and ``gather_with_grad`` gathers equal slices, so the
+    batch must divide evenly: a remainder would be dropped without a word, or hang the gather."""
+    if batch_size % world_size:
+        return (f"optim.batch_size={batch_size} does not split over {world_size} ranks: must be a multiple of "
+                f"the world size ({world_size}); e.g. {batch_size - batch_size % world_size or world_size}")
+    return None
+
+
+def rank_rows(n: int, dist: DistInfo) -> slice | None:
+    """This rank's contiguous rows of a global batch of ``n`` (None on one process); ``n`` must
+    divide by the world size (``batch_problem``, checked before a run starts)."""
+    if dist.world_size == 1:
+        return None
+    if problem := batch_problem(n, dist.world_size):
+        raise ValueError(problem)
+    per = n // dist.world_size
+    return slice(dist.rank * per, (dist.rank + 1) * per)
 
 
 def barrier() -> None:

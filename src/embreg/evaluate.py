@@ -221,16 +221,18 @@ def local_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-def evaluate_pixels(cfg: RunConfig, train: Split, test: Split) -> dict[str, Any]:
+def evaluate_pixels(cfg: RunConfig, train: Split, test: Split, device: torch.device | None = None) -> dict[str, Any]:
     """The raw-pixel reference: the same linear probe (same probe subset, standardized
-    features) and kNN as every arm, on the flattened standardized pixels (n, c*h*w)."""
+    features) and kNN as every arm, on the flattened standardized pixels (n, c*h*w), on
+    ``device`` (default: the run's, ``profile.device``) as every arm's evaluation is."""
     ev, ds = cfg.eval, cfg.dataset
     if not isinstance(train.images, torch.Tensor):
         raise ValueError(f"the pixels reference needs the images in memory; dataset {ds.name!r} streams them "
                          "(leave pixels out of profile.baselines)")
+    device = torch.device(cfg.profile.device) if device is None else device
     norm = Normalizer(ds.mean, ds.std)
     probe = probe_subset(train, ev.probe_train_size)
-    xtr, xte = (norm(s.images).flatten(1).float() for s in (probe, test))
+    xtr, xte = (norm(to_device(s.images, device)).flatten(1).float() for s in (probe, test))
     out = {f"linear_{k}": v for k, v in
            linear_probe(xtr, probe.labels, xte, test.labels, ds.num_classes, ev, cfg.seed).items()}
     out.update(knn_accuracy(xtr, probe.labels, xte, test.labels, ds.num_classes, list(ev.knn_k), ev.knn_temperature))

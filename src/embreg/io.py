@@ -3,6 +3,7 @@ the analysis use it too)."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import subprocess
@@ -12,11 +13,16 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 
+def _partial_prefix(path: Path) -> str:
+    return f".{path.name}."  # hidden, and never a prefix of path's own name or of its .corrupt-* copies
+
+
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Call ``write`` on a temporary file beside ``path``, then rename it over ``path``: a crash
-    mid-write keeps the old file, and a reader never sees half a file."""
+    mid-write keeps the old file, and a reader never sees half a file. A process killed mid-write
+    (SIGKILL) leaves the temporary file: ``remove_partial_writes`` removes it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_partial_prefix(path), dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -27,6 +33,16 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def remove_partial_writes(path: Path) -> list[Path]:
+    """Remove the temporary files ``atomic_write`` left beside ``path`` when killed mid-write (a
+    checkpoint's: up to its size each). Only where no other process may be writing ``path`` now
+    (under the run's lock); returns the files removed."""
+    found = sorted(Path(p) for p in glob.glob(glob.escape(str(path.parent / _partial_prefix(path))) + "*"))
+    for p in found:
+        p.unlink(missing_ok=True)
+    return found
 
 
 def write_json(path: str | Path, obj: Any) -> None:

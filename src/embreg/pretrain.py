@@ -4,7 +4,12 @@ A checkpoint is written at the end of every epoch, every ``runtime.checkpoint_ev
 and at the next step boundary after a preemption or time-limit signal (``embreg.preemption``).
 ``pretrain`` resumes from ``ckpt_path`` by itself, mid-epoch included: the model, optimizer,
 sampling position, random-generator state and the epoch's running sums are restored, so an
-interrupted run ends bit-identical (on CPU) to an uninterrupted one.
+interrupted run ends bit-identical (on CPU) to an uninterrupted one; its cost (seconds, per-step
+times) covers every attempt; a temporary file left by a process killed mid-write is removed.
+The checkpoint's contents live in ``embreg.steplog``.
+
+Divergence is a non-finite loss or embedding, nothing else: an eigensolver failure on a finite
+embedding is retried (``embreg.terms.spectral.eigh``), and one that fails everywhere fails the run.
 
 With several processes (``embreg.distributed``) every rank draws the same global batch and the
 same augmentation parameters, augments and trains on its contiguous slice, and gradients are
@@ -17,8 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -27,21 +31,34 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from embreg.config import RunConfig
-from embreg.data import AugmentSpec, IndexStream, Normalizer, Split, augment, batch_images, two_views
+from embreg.data import AugmentSpec, Normalizer, Split, augment, batch_images, two_views
 from embreg.data.augment import to_device
-from embreg.distributed import DistInfo, average_gradients
-from embreg.io import atomic_write
+from embreg.distributed import DistInfo, average_gradients, rank_rows
+from embreg.io import remove_partial_writes
 from embreg.models import EmbeddingModel
 from embreg.objective import metric_loss, ssl_loss
 from embreg.optim import build_optimizer, cosine_schedule, set_lr
 from embreg.preemption import SIGNALS, Every, SignalCheckpoint
-from embreg.steplog import StepClock, TermLog, cost_summary, peak_memory_mb  # noqa: F401 - the bench's
+from embreg.steplog import (  # noqa: F401 - re-exported: the bench's, the tests' and run.py's
+    CHECKPOINT_KEYS,
+    CheckpointWarning,
+    StepClock,
+    TermLog,
+    TrainState,
+    checkpoint_state,
+    cost_summary,
+    load_state,
+    peak_memory_mb,
+    read_checkpoint,
+    save_checkpoint,
+)
+from embreg.terms.spectral import NonFiniteEmbeddingError
 
 SINGLE = DistInfo()
 
 
 class DivergedError(RuntimeError):
-    """The loss became NaN or infinite."""
+    """The loss (or an embedding an eigensolver was given) became NaN or infinite."""
 
 
 def epochs(cfg: RunConfig) -> int:
@@ -66,14 +83,6 @@ def augment_spec(cfg: RunConfig) -> AugmentSpec:
     return AugmentSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in shared.items()})
 
 
-def _rank_part(n: int, dist: DistInfo) -> slice | None:
-    """This rank's contiguous rows of a global batch of ``n`` (None on one process)."""
-    if dist.world_size == 1:
-        return None
-    per = n // dist.world_size
-    return slice(dist.rank * per, (dist.rank + 1) * per)
-
-
 def train_step(
     model: EmbeddingModel, x: torch.Tensor, y: torch.Tensor, cfg: RunConfig,
     norm: Normalizer, gen: torch.Generator, dist: DistInfo = SINGLE, monitor: bool = True,
@@ -85,7 +94,7 @@ def train_step(
     train with (``pretrain.monitor_every``)."""
     obj = cfg.objective
     spec = augment_spec(cfg)
-    part = _rank_part(x.shape[0], dist)
+    part = rank_rows(x.shape[0], dist)
     if part is not None and obj.kind in ("supervised", "metric"):
         y = y[part]
     if obj.kind == "supervised":
@@ -115,82 +124,127 @@ def _autocast(cfg: RunConfig, device: torch.device) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.pretrain.precision == "bf16")
 
 
-@dataclass
-class TrainState:
-    """Everything a resumed run needs besides the model and optimizer."""
-
-    stream: IndexStream
-    history: list[dict[str, float]] = field(default_factory=list)
-    step: int = 0  # optimizer steps done
-    sums: dict[str, float] = field(default_factory=dict)  # running sums of the current epoch
-    counts: dict[str, int] = field(default_factory=dict)  # how many steps each sum holds
-    step_times: list[float] = field(default_factory=list)
-    resumed_at: list[int] = field(default_factory=list)  # steps at which this run was resumed
+# A training set up to this size is copied to the GPU once (CIFAR-10: 150 MB, Fashion-MNIST: 47 MB),
+# shared by the runs on one GPU: each gets this divided by ``runtime.jobs_per_gpu``, so three runs
+# never hold more than one would (ImageNet streams from disk whatever the budget).
+DEVICE_DATA_BYTES = 2 << 30
 
 
-CHECKPOINT_KEYS = ("model", "optimizer", "generator", "perm", "pos", "history", "step", "sums", "counts",
-                   "step_times", "resumed_at", "fingerprint")
+def device_data_budget(jobs_per_gpu: int) -> int:
+    """Bytes of training data one run may keep on a GPU that ``jobs_per_gpu`` runs share."""
+    return DEVICE_DATA_BYTES // max(1, jobs_per_gpu)
 
 
-class CheckpointWarning(UserWarning):
-    """A checkpoint could not be read: it was set aside and training starts over."""
-
-
-def read_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any] | None:
-    """The checkpoint at ``path``, or None when there is none. One that cannot be read
-    (truncated, corrupt, not ours) is renamed to ``<name>.corrupt-<time>``, kept for
-    inspection, with a warning, and None is returned: the run starts from scratch."""
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-        missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
-        if missing:
-            raise ValueError(f"lacks {', '.join(missing)}")
-        return state
-    except Exception as exc:  # noqa: BLE001 - whatever is wrong with it, it cannot be resumed from
-        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9}")
-        path.rename(aside)
-        warnings.warn(f"checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc)[:200]}); "
-                      f"kept as {aside.name}, training restarts from scratch", CheckpointWarning, stacklevel=2)
-        return None
-
-
-def load_state(ckpt_path: Path, model, optimizer, gen: torch.Generator, n_train: int) -> TrainState:
-    """Restore from ``ckpt_path`` if it exists (strictly: a partial resume would be silent). The
-    checkpoint is read to the CPU, where the generator and the sampling order live; the model's
-    and optimizer's tensors are copied to their parameters' device by their ``load_state_dict``."""
-    state = read_checkpoint(ckpt_path, "cpu")
-    if state is None:
-        return TrainState(IndexStream(n_train))
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    gen.set_state(state["generator"])
-    return TrainState(IndexStream(n_train, state["perm"], state["pos"]), state["history"], state["step"],
-                      state["sums"], state["counts"], state["step_times"], state["resumed_at"] + [state["step"]])
-
-
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """torch.save to a temporary file, then rename: a crash mid-write keeps the old one."""
-    atomic_write(Path(path), lambda f: torch.save(state, f))
-
-
-def save_state(ckpt_path: Path, model, optimizer, gen: torch.Generator, st: TrainState, fingerprint: str) -> None:
-    save_checkpoint(ckpt_path, {
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "generator": gen.get_state(),
-        "perm": st.stream.perm, "pos": st.stream.pos, "history": st.history, "step": st.step,
-        "sums": st.sums, "counts": st.counts, "step_times": st.step_times, "resumed_at": st.resumed_at, "fingerprint": fingerprint,
-    })
-
-
-DEVICE_DATA_BYTES = 2 << 30  # a training set up to this size is copied to the GPU once (CIFAR: 150 MB)
-
-
-def _on_device(train: Split, device: torch.device) -> tuple[Any, torch.Tensor]:
-    """The training images and labels where batches are cut from: on the GPU when they fit."""
-    if device.type == "cuda" and isinstance(train.images, torch.Tensor) and train.images.nbytes <= DEVICE_DATA_BYTES:
+def _on_device(train: Split, device: torch.device, jobs_per_gpu: int = 1) -> tuple[Any, torch.Tensor]:
+    """The training images and labels where batches are cut from: on the GPU when they fit this
+    run's share of it (``device_data_budget``)."""
+    budget = device_data_budget(jobs_per_gpu)
+    if device.type == "cuda" and isinstance(train.images, torch.Tensor) and train.images.nbytes <= budget:
         return train.images.to(device), train.labels.to(device)
     return train.images, train.labels
+
+
+wall_clock = time.perf_counter  # the pretraining seconds' clock (a test may stand in for it)
+
+
+class _Loop:
+    """The training loop's state and its two moves: a step, and the boundary after it (read the
+    logged terms when due, close an epoch, checkpoint, hand signals on)."""
+
+    def __init__(self, cfg: RunConfig, model: EmbeddingModel, train: Split, ckpt_path: Path,
+                 fingerprint: str, dist: DistInfo, progress: bool) -> None:
+        self.started = wall_clock()
+        self.cfg, self.model, self.ckpt_path, self.fingerprint, self.dist = cfg, model, ckpt_path, fingerprint, dist
+        self.device = next(model.parameters()).device
+        self.norm = Normalizer(cfg.dataset.mean, cfg.dataset.std)
+        self.optimizer = build_optimizer(model, cfg.optim)
+        self.spe = steps_per_epoch(cfg, len(train))
+        self.total = epochs(cfg) * self.spe
+        self.lrs = cosine_schedule(cfg.optim.lr, self.total, cfg.optim.warmup_epochs * self.spe)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        if dist.is_main:  # a process killed while writing left its temporary file; nobody else writes here
+            remove_partial_writes(ckpt_path)
+        self.st = load_state(ckpt_path, model, self.optimizer, self.gen, len(train))
+        self.images, self.labels = _on_device(train, self.device, cfg.runtime.jobs_per_gpu)
+        model.train()
+        self.periodic = Every(cfg.runtime.checkpoint_every_s)
+        self.log, self.clock = TermLog(), StepClock(self.device, self.st.step_times, self.st.cpu_times)
+        self.first = self.st.step  # the step the log's values start at
+        self.bar = tqdm(total=self.total, initial=self.st.step, desc=f"{cfg.arm}/seed{cfg.seed}",
+                        disable=not progress or not dist.is_main, mininterval=5, leave=False)
+
+    def seconds(self) -> float:
+        """Pretraining wall seconds of every attempt: the earlier ones' (checkpointed) and this one's."""
+        return self.st.seconds + wall_clock() - self.started
+
+    def step(self) -> None:
+        """One optimizer step on the next batch; its logged terms stay on the device."""
+        cfg, st = self.cfg, self.st
+        self.clock.step_started()
+        set_lr(self.optimizer, self.lrs[st.step])
+        at = to_device(st.stream.next(cfg.optim.batch_size, self.gen), self.labels.device)  # one copy, if any
+        x, y = batch_images(self.images, at, self.device), to_device(self.labels[at], self.device)
+        try:
+            loss, terms = train_step(self.model, x, y, cfg, self.norm, self.gen, self.dist,
+                                     st.step % cfg.pretrain.monitor_every == 0)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        except NonFiniteEmbeddingError as exc:  # only a non-finite embedding: a solver failure is retried
+            self.read([0.0] * (len(SIGNALS) + 1))  # names an unread earlier step's non-finite loss first
+            epoch, i = divmod(st.step, self.spe)
+            raise DivergedError(f"loss is nan ({exc}) at epoch {epoch} step {i}") from None
+        average_gradients(self.model)
+        self.optimizer.step()
+        self.log.add(terms)
+        st.step += 1
+        self.clock.step_done()
+        self.bar.update(1)
+
+    def read(self, flags: list[float]) -> list[float]:
+        """Fold the logged terms into the epoch's sums, one at a time (the same sums however the
+        steps were split between reads), stopping at a non-finite loss; the flags summed over ranks."""
+        values, agreed = self.log.read(self.dist, flags)
+        self.clock.read_done()
+        for j, v in enumerate(values.get("loss", [])):
+            if not math.isfinite(v):
+                at = self.first + j
+                raise DivergedError(f"loss is {v} at epoch {at // self.spe} step {at % self.spe}")
+        for k, vals in values.items():
+            for v in vals:
+                self.st.sums[k] = self.st.sums.get(k, 0.0) + v
+            self.st.counts[k] = self.st.counts.get(k, 0) + len(vals)
+        self.first = self.st.step
+        if values.get("loss"):
+            self.bar.set_postfix(loss=f"{values['loss'][-1]:.3f}", refresh=False)
+        return agreed
+
+    def save(self) -> None:
+        if self.dist.is_main:
+            save_checkpoint(self.ckpt_path, checkpoint_state(self.model, self.optimizer, self.gen, self.st,
+                                                             self.fingerprint, self.seconds()))
+        self.periodic.reset()
+        self.clock.pause()
+
+    def boundary(self, signals: SignalCheckpoint) -> None:
+        """After a step. The terms are read at fixed steps (the same on every rank: epoch ends,
+        every ``runtime.log_every``); one process also reads when it must save. A signal noted at
+        any point, the read included, is acted on here or at the next boundary (``settle``)."""
+        st, alone = self.st, self.dist.world_size == 1
+        mark, noted = signals.mark()
+        wanted = noted + [float(self.periodic.due())]
+        epoch_end = st.step % self.spe == 0
+        if not (epoch_end or st.step % self.cfg.runtime.log_every == 0 or (alone and any(wanted))):
+            return
+        agreed = self.read(wanted)
+        act = signals.settle(agreed[: len(SIGNALS)], mark, alone)
+        if epoch_end:
+            st.history.append({"epoch": st.step // self.spe, "lr": self.lrs[st.step - 1],
+                               **{k: v / st.counts[k] for k, v in st.sums.items()}})
+            st.sums, st.counts = {}, {}
+        if epoch_end or act or agreed[-1] > 0:
+            self.save()
+        if act:
+            signals.forward(act)
 
 
 def pretrain(
@@ -198,89 +252,23 @@ def pretrain(
     progress: bool = True, fingerprint: str = "", dist: DistInfo = SINGLE,
 ) -> dict[str, Any]:
     """Train ``model`` in place; returns {"history": [per-epoch means], "cost": {...},
-    "resumed_at": [steps at which it was resumed from a checkpoint]}.
+    "resumed_at": [steps at which it was resumed from a checkpoint], "seconds": pretraining wall
+    seconds of every attempt (the earlier ones up to their last checkpoint)}.
 
     Checkpoints are written atomically (see the module docstring) and resumed from if present.
     The logged terms are read every ``runtime.log_every`` steps and at epoch ends (embreg.steplog):
-    a non-finite loss stops the run there, naming the first step it appeared at.
+    a non-finite loss or embedding stops the run there (DivergedError), naming the first step it
+    appeared at. An eigensolver that fails on a finite embedding is retried (embreg.terms.spectral)
+    and, failing everywhere, raises RuntimeError: the run failed, it did not diverge.
     """
-    device = next(model.parameters()).device
-    norm = Normalizer(cfg.dataset.mean, cfg.dataset.std)
-    optimizer = build_optimizer(model, cfg.optim)
-    spe = steps_per_epoch(cfg, len(train))
-    total = epochs(cfg) * spe
-    lrs = cosine_schedule(cfg.optim.lr, total, cfg.optim.warmup_epochs * spe)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    st = load_state(ckpt_path, model, optimizer, gen, len(train))
-    images, labels = _on_device(train, device)
-    model.train()
-    periodic = Every(cfg.runtime.checkpoint_every_s)
-    log, clock = TermLog(), StepClock(device, st.step_times)
-    first = st.step  # the step the log's values start at
-
-    def save() -> None:
-        if dist.is_main:
-            save_state(ckpt_path, model, optimizer, gen, st, fingerprint)
-        periodic.reset()
-        clock.pause()
-
-    def read(flags: list[float]) -> list[float]:
-        """Fold the logged terms into the epoch's sums (stopping at a non-finite loss); the flags
-        summed over ranks."""
-        nonlocal first
-        values, agreed = log.read(dist, flags)
-        clock.read_done()
-        for j, v in enumerate(values.get("loss", [])):
-            if not math.isfinite(v):
-                raise DivergedError(f"loss is {v} at epoch {(first + j) // spe} step {(first + j) % spe}")
-        for k, vals in values.items():
-            for v in vals:  # one at a time: the same sums however the steps were split between reads
-                st.sums[k] = st.sums.get(k, 0.0) + v
-            st.counts[k] = st.counts.get(k, 0) + len(vals)
-        first = st.step
-        if values.get("loss"):
-            bar.set_postfix(loss=f"{values['loss'][-1]:.3f}", refresh=False)
-        return agreed
-
-    bar = tqdm(total=total, initial=st.step, desc=f"{cfg.arm}/seed{cfg.seed}",
-               disable=not progress or not dist.is_main, mininterval=5, leave=False)
+    loop = _Loop(cfg, model, train, ckpt_path, fingerprint, dist, progress)
     with SignalCheckpoint() as signals:
-        while st.step < total:
-            epoch, i = divmod(st.step, spe)
-            clock.step_started()
-            set_lr(optimizer, lrs[st.step])
-            at = to_device(st.stream.next(cfg.optim.batch_size, gen), labels.device)  # one copy, if any
-            x, y = batch_images(images, at, device), to_device(labels[at], device)
-            try:
-                loss, terms = train_step(model, x, y, cfg, norm, gen, dist, st.step % cfg.pretrain.monitor_every == 0)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-            except torch.linalg.LinAlgError as exc:  # an eigensolver given a NaN embedding
-                read([0.0] * (len(SIGNALS) + 1))  # names an unread earlier step's non-finite loss first
-                raise DivergedError(f"loss is nan (SVD failed: {exc}) at epoch {epoch} step {i}") from None
-            average_gradients(model)
-            optimizer.step()
-            log.add(terms)
-            st.step += 1
-            clock.step_done()
-            bar.update(1)
-            # reads at fixed steps (the same on every rank); one process also reads when it must save
-            wanted = [float(s in signals.pending) for s in SIGNALS] + [float(periodic.due())]
-            epoch_end = st.step % spe == 0
-            if not (epoch_end or st.step % cfg.runtime.log_every == 0 or (dist.world_size == 1 and any(wanted))):
-                continue
-            agreed = read(wanted)
-            signals.pending = [s for s, f in zip(SIGNALS, agreed[: len(SIGNALS)], strict=True) if f > 0]
-            if epoch_end:
-                st.history.append({"epoch": epoch + 1, "lr": lrs[st.step - 1],
-                                   **{k: v / st.counts[k] for k, v in st.sums.items()}})
-                st.sums, st.counts = {}, {}
-            if epoch_end or any(agreed):
-                save()
-            if signals.pending:
-                signals.forward_pending()
-    bar.close()
+        while loop.st.step < loop.total:
+            loop.step()
+            loop.boundary(signals)
+    loop.bar.close()
     if not bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()):  # the last update blew up
-        raise DivergedError(f"weights are not finite after the last step ({st.step})")
-    return {"history": st.history, "cost": cost_summary(st.step_times, cfg.optim.batch_size, device, clock.cpu),
-            "resumed_at": st.resumed_at}
+        raise DivergedError(f"weights are not finite after the last step ({loop.st.step})")
+    st = loop.st
+    return {"history": st.history, "cost": cost_summary(st.step_times, cfg.optim.batch_size, loop.device, loop.clock.cpu),
+            "resumed_at": st.resumed_at, "seconds": loop.seconds()}

@@ -20,9 +20,9 @@ import yaml
 
 from embreg import checks
 from embreg.attempt import RunLock, finite, publish, work_dir
-from embreg.config import RunConfig
+from embreg.config import TRAINED_KINDS, RunConfig
 from embreg.data import Split, class_indices, class_split, load_split, load_unlabeled
-from embreg.distributed import DistInfo, barrier, init_from_env
+from embreg.distributed import DistInfo, barrier, batch_problem, process_group
 from embreg.evaluate import evaluate_model, evaluate_pixels, probe_subset
 from embreg.fingerprint import fingerprint_of, fingerprint_parts
 from embreg.io import available_cores, git_revision, write_json, write_text
@@ -77,14 +77,16 @@ def run_one(cfg: RunConfig) -> dict[str, Any]:
     checks.validate(cfg)  # every problem at once, data-aware too, before anything is written or deleted
     if not cfg.runtime.replace:
         refuse_other_config(rd, parts["config"])
-    dist = init_from_env(torch.device(cfg.profile.device).type)
-    if not dist.is_main:
-        _train_and_evaluate(cfg, rd, fp, dist)
-        return {"run_id": run_id(cfg), "seed": cfg.seed, "state": State.DONE.value, "rank": dist.rank}
-    with RunLock(lock_path(cfg), f"run {run_id(cfg)} seed{cfg.seed}"):
-        if is_finished(cfg, fp):  # another process finished it while this one waited
-            return read_status(rd)
-        return _attempt(cfg, rd, parts, dist)
+    with process_group(torch.device(cfg.profile.device).type) as dist:
+        if cfg.objective.kind in TRAINED_KINDS and (problem := batch_problem(cfg.optim.batch_size, dist.world_size)):
+            raise checks.ConfigError(problem)  # every rank alike, before anything is written
+        if not dist.is_main:
+            _train_and_evaluate(cfg, rd, fp, dist)
+            return {"run_id": run_id(cfg), "seed": cfg.seed, "state": State.DONE.value, "rank": dist.rank}
+        with RunLock(lock_path(cfg), f"run {run_id(cfg)} seed{cfg.seed}"):
+            if is_finished(cfg, fp):  # another process finished it while this one waited
+                return read_status(rd)
+            return _attempt(cfg, rd, parts, dist)
 
 
 def refuse_other_config(rd: Path, config: str) -> None:
@@ -166,9 +168,9 @@ def _train_and_evaluate(cfg: RunConfig, rd: Path, fp: str, dist: DistInfo) -> di
     ds = cfg.dataset
     train = load_split(cfg.paths.data, ds.name, train=True, image_size=ds.image_size)
     test = probe_subset(load_split(cfg.paths.data, ds.name, train=False, image_size=ds.image_size), cfg.eval.test_size)
-    if cfg.objective.kind == "pixels":  # a reference without a network
+    if cfg.objective.kind == "pixels":  # a reference without a network, evaluated on the run's device
         t1 = time.time()
-        return {**evaluate_pixels(cfg, train, test), "eval_seconds": time.time() - t1}
+        return {**evaluate_pixels(cfg, train, test, device), "eval_seconds": time.time() - t1}
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.backbone, ds.in_channels, ds.num_classes, cfg.objective).to(device)
     if device.type == "cuda" and dist.world_size > 1:  # BN statistics over the global batch
@@ -188,10 +190,11 @@ def _train_and_evaluate(cfg: RunConfig, rd: Path, fp: str, dist: DistInfo) -> di
         if not dist.is_main:  # rank 0 evaluates
             return {}
         write_json(rd / "history.json", finite(result["history"])[0])
-        metrics.update(result["cost"], resumed_at_steps=result["resumed_at"])
+        # every attempt's seconds (the checkpoint carries the earlier ones'), as its cost carries every step
+        metrics.update(result["cost"], resumed_at_steps=result["resumed_at"], pretrain_seconds=result["seconds"])
     if not dist.is_main:
         return {}
-    metrics["pretrain_seconds"] = time.time() - t0
+    metrics.setdefault("pretrain_seconds", time.time() - t0)  # an untrained arm: nothing to pretrain
     t1 = time.time()
     evals, spectra = evaluate_model(cfg, model, train, test)
     metrics.update(evals)

@@ -1,7 +1,7 @@
 """`embreg bench` (``python -m embreg.bench``): speed benchmarks, outside the training core
 (nothing in the library imports it). ``run`` orchestrates; ``steps`` builds the two steps every
-part times (the library's, the bare reference); ``timing``, ``terms``, ``training``, ``mfu`` and
-``gpu`` hold the measurements, ``targets`` the targets and ``report`` BENCH.md."""
+part times (the library's, the bare reference); ``timing``, ``terms``, ``training``, ``mfu``,
+``gpu`` and ``svmax_gpu`` hold the measurements, ``targets`` the targets and ``report`` BENCH.md."""
 
 from embreg.bench.gpu import gpu_setting
 from embreg.bench.run import main, run_bench

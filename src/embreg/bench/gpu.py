@@ -7,9 +7,12 @@ ratio interleaved round by round (medians), against the bare reference of ``benc
 - ``loop``: the real loop (``pretrain.pretrain``: data indexing from a CPU split, schedule,
   logging, progress bar as the run config says, the epoch-end checkpoint) against the library's
   step alone on one ready batch, CIFAR-10 bf16, per step over one epoch of ``loop_steps``;
-- ``syncs``: host syncs per step of the real loop, per SSL arm (VICReg, SVMax), counted with
-  ``torch.cuda.set_sync_debug_mode("warn")``: the difference between loops of two lengths (the
-  set-up, the epoch-end checkpoint and the final check cancel out) over the difference in steps;
+- ``syncs``: host syncs per step of the real loop, per SSL arm (VICReg, SVMax, SVMax on every
+  layer), counted with ``torch.cuda.set_sync_debug_mode("warn")``: the difference between loops
+  of two lengths (the set-up, the epoch-end checkpoint and the final check cancel out) over the
+  difference in steps, at the grid's own profile and shapes on Fashion-MNIST-like images; and
+  SVMax's term alone on a low-rank-plus-noise embedding at each of those shapes
+  (``bench.svmax_gpu``: why not random noise);
 - ``svd``: ``mean_singular_value`` against ``torch.linalg.svdvals(normalize(e)).mean()``,
   forward + backward, at the bench's (b, d) shapes.
 
@@ -27,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from embreg.bench.steps import (
     Step,
@@ -39,14 +41,21 @@ from embreg.bench.steps import (
     ready_views,
     synthetic_images,
 )
-from embreg.bench.terms import FULL_SIZES, QUICK_SIZES, fwd_bwd
-from embreg.bench.timing import counting_syncs, interleaved, log, n_syncs, timed
+from embreg.bench.svmax_gpu import (
+    SYNC_PROFILE,
+    real_shapes,
+    structured_images,
+    svd_rows,
+    sync_config,
+    term_syncs,
+)
+from embreg.bench.terms import FULL_SIZES, QUICK_SIZES
+from embreg.bench.timing import counting_syncs, interleaved, log, n_syncs
 from embreg.config import RunConfig
 from embreg.data import Split
 from embreg.optim import build_optimizer
 from embreg.params import compose_run
 from embreg.pretrain import peak_memory_mb, pretrain
-from embreg.terms.spectral import mean_singular_value
 
 GPU_PROFILES = ["cifar10", "imagenet"]
 GPU_OVERRIDES = {"imagenet": ["optim.batch_size=256"]}  # one GPU's share of ImageNet's 2048 (8 GPUs)
@@ -193,22 +202,28 @@ def loop_vs_step(steps: int, repeats: int, gen: torch.Generator, device: str = "
     return out
 
 
+SYNC_ARMS = ("vicreg", "svmax", "svmax_all")  # per_step: the worse of the first two (svmax_all: one wait per layer)
+
+
 def syncs_per_step(lengths: tuple[int, int], gen: torch.Generator, device: str = "cuda",
                    extra: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Host syncs per step of the real loop for each SSL arm: syncs(loop of n2 steps) -
+    """Host syncs per step of the real loop for each SSL arm, at the grid's profile
+    (``svmax_gpu.SYNC_PROFILE``) on Fashion-MNIST-like images: syncs(loop of n2 steps) -
     syncs(loop of n1 steps), over n2 - n1 (after an uncounted warm-up loop); also the library
-    step's own, over n2 - n1 steps. ``per_step``: the larger arm's. A calibration (one
-    ``.item()``) must count at least 1 on a GPU, else the count is not trusted."""
+    step's own, over n2 - n1 steps; and SVMax's term alone at each of the profile's shapes
+    (``term``). ``per_step``: the worse of VICReg and SVMax. A calibration (one ``.item()``)
+    must count at least 1 on a GPU, else the count is not trusted."""
     dev, (n1, n2) = torch.device(device), lengths
     with counting_syncs(dev) as caught:
         torch.ones(1, device=dev).add(1).item()
-    out: dict[str, Any] = {"lengths": list(lengths), "calibration": n_syncs(caught)}
+    out: dict[str, Any] = {"lengths": list(lengths), "calibration": n_syncs(caught), "profile": SYNC_PROFILE}
     if dev.type == "cuda" and out["calibration"] < 1:
         raise RuntimeError("sync debug mode counted no sync for an .item(): its warnings are not captured")
     with tempfile.TemporaryDirectory() as tmp:
-        for arm in ("vicreg", "svmax"):
-            cfgs = {n: loop_config(n, device, arm, extra) for n in (n1, n2)}
-            split = random_split(n2 * cfgs[n1].optim.batch_size, cfgs[n1], gen)
+        for arm in SYNC_ARMS:
+            cfgs = {n: sync_config(n, device, arm, extra) for n in (n1, n2)}
+            split = Split(structured_images(cfgs[n1], n2 * cfgs[n1].optim.batch_size, gen),
+                          torch.zeros(n2 * cfgs[n1].optim.batch_size, dtype=torch.long))
             _pretrain_once(cfgs[n1], split, dev, Path(tmp))  # warm-up: one-time syncs happen here
             counts = {}
             for n, cfg in cfgs.items():
@@ -225,29 +240,10 @@ def syncs_per_step(lengths: tuple[int, int], gen: torch.Generator, device: str =
                         "step_per_step": n_syncs(caught) / (n2 - n1)}
             log(f"gpu syncs {arm}: loop {out[arm]['loop_per_step']:.2f}/step, step alone "
                 f"{out[arm]['step_per_step']:.2f}/step")
+        out["term"] = term_syncs(real_shapes(sync_config(n1, device, "svmax", extra)), gen, device)
     out["per_step"] = max(out[arm]["loop_per_step"] for arm in ("vicreg", "svmax"))
     _free(dev)
     return out
-
-
-def svdvals_mean(e: torch.Tensor) -> torch.Tensor:
-    """The reference: torch's own singular values of the row-normalized matrix, their mean."""
-    return torch.linalg.svdvals(F.normalize(e, dim=1)).mean()
-
-
-def svd_rows(shapes: list[tuple[int, int]], repeats: int, gen: torch.Generator, device: str = "cuda") -> list[dict]:
-    """SVMax (``mean_singular_value``) against ``svdvals_mean``, forward + backward, float32."""
-    dev, rows = torch.device(device), []
-    for b, d in shapes:
-        e = torch.randn(b, d, generator=gen).to(dev).requires_grad_()
-        ours, ref = fwd_bwd(mean_singular_value, e), fwd_bwd(svdvals_mean, e)
-        ov, rv = float(ours()), float(ref())
-        med = interleaved({"ours": timed(ours, _sync(dev)), "svdvals": timed(ref, _sync(dev))}, repeats)
-        rows.append({"b": b, "d": d, "ours_ms": 1e3 * med["ours"], "svdvals_ms": 1e3 * med["svdvals"],
-                     "speedup": med["svdvals"] / med["ours"], "rel_diff": abs(ov - rv) / abs(rv)})
-        log(f"gpu svmax {b}x{d}: {rows[-1]['ours_ms']:.2f} ms, svdvals {rows[-1]['svdvals_ms']:.2f} ms "
-            f"(x{rows[-1]['speedup']:.2f})")
-    return rows
 
 
 def _imagenet(sizes: GpuSizes, repeats: int, gen: torch.Generator, device: str) -> dict[str, Any]:

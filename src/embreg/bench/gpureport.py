@@ -36,9 +36,16 @@ def _syncs(syncs: dict[str, Any] | str) -> str:
         return f"Host syncs per step: {syncs}."
     n1, n2 = syncs["lengths"]
     arms = "; ".join(f"{arm}: {syncs[arm]['loop_per_step']:.2f} per loop step, "
-                     f"{syncs[arm]['step_per_step']:.2f} per step alone" for arm in ("vicreg", "svmax"))
-    return (f"Host syncs per step (`torch.cuda.set_sync_debug_mode(\"warn\")`, loops of {n2} and {n1} steps, "
-            f"their difference over {n2 - n1}; one `.item()` counted {syncs['calibration']}): {arms}.")
+                     f"{syncs[arm]['step_per_step']:.2f} per step alone" for arm in ("vicreg", "svmax", "svmax_all")
+                     if arm in syncs)
+    text = (f"Host syncs per step (`torch.cuda.set_sync_debug_mode(\"warn\")`, the {syncs.get('profile', '')} "
+            f"profile on Fashion-MNIST-like images, loops of {n2} and {n1} steps, their difference over {n2 - n1}; "
+            f"one `.item()` counted {syncs['calibration']}): {arms}.")
+    if "term" not in syncs:
+        return text
+    return text + "\n\nSVMax's term alone (both views, forward + backward) on a low-rank-plus-noise embedding:\n\n" + \
+        tabulate([[f"{r['b']}x{r['d']}", r["path"], r["eig_ratio"], r["syncs_per_call"]] for r in syncs["term"]],
+                 headers=["b x d", "path", "eigenvalue ratio", "syncs"], tablefmt="github", floatfmt=".2g")
 
 
 def _svd(svd: list[dict[str, Any]] | str) -> str:

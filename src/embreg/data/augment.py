@@ -233,7 +233,8 @@ def _crop(x: torch.Tensor | LazyBatch, spec: AugmentSpec, norm: Normalizer, d: D
     if isinstance(x, LazyBatch):
         theta = thetas(cpu, spec, aspect=x.images.aspect(x.idx))
         size = spec.out_size or x.images.shape[-1]
-        return norm.to_unit(x.images.crops(x.idx, theta, size).to(x.device))
+        # decoded and cut on the CPU; to the GPU from pinned memory, without waiting for it
+        return norm.to_unit(to_device(x.images.crops(x.idx, theta, size), x.device))
     unit = norm.to_unit(x)
     n, c, h, w = unit.shape
     out_shape = [n, c, spec.out_size, spec.out_size] if spec.out_size else [n, c, h, w]

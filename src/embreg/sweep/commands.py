@@ -35,10 +35,12 @@ def slurm_overrides(params: PipelineParams, device: str = "cpu") -> tuple[list[s
 def lane_overrides(lane: Lane, index: int, lanes: int) -> list[str]:
     """Hydra overrides that run a lane's multirun on this machine: its jobs at once and, on a
     cuda profile, its GPU for every job (submitit's local executor would export
-    CUDA_VISIBLE_DEVICES=0, counted from the machine's first GPU: its setup names the lane's)."""
+    CUDA_VISIBLE_DEVICES=0, counted from the machine's first GPU: its setup names the lane's) and
+    how many runs share it (``runtime.jobs_per_gpu``: each run's share of the GPU's data budget)."""
     ov = ["hydra/launcher=local", f"hydra.sweeper.max_batch_size={lane.batch}"]
     if lane.gpu is not None:
-        ov += ["hydra.launcher.gpus_per_node=1", f"+hydra.launcher.setup=['export CUDA_VISIBLE_DEVICES={lane.gpu}']"]
+        ov += ["hydra.launcher.gpus_per_node=1", f"+hydra.launcher.setup=['export CUDA_VISIBLE_DEVICES={lane.gpu}']",
+               f"runtime.jobs_per_gpu={lane.batch}"]  # the runs sharing its GPU: each keeps its share of it
         if lanes > 1:  # multiruns started in the same second share hydra.sweep.dir
             ov.append(f"hydra.sweep.subdir=gpu{index}-${{hydra.job.num}}")
     return ov

@@ -5,10 +5,10 @@
 min(b, d)): for b << d or d << b much cheaper than an SVD of the (b, d) matrix. Tested against
 NumPy's SVD, gradcheck and near-collapse cases in tests/terms/test_svmax.py.
 
-Eigensolvers fail on some ill-conditioned, low-rank input (cuSOLVER's syevj / syevd,
-pytorch#94772 and pytorch#105359), which is what a nearly collapsed embedding's Gram matrix is. A failure on
-finite input is not a divergence: ``eigh`` retries in float64, then on the CPU; only a non-finite
-input is reported as one (``NonFiniteEmbeddingError``).
+Eigensolvers fail on some ill-conditioned, low-rank input (cuSOLVER's syevj / syevd, pytorch#94772
+and pytorch#105359), which is what a nearly collapsed embedding's Gram matrix is. A failure on
+finite input is not a divergence: ``eigh`` retries in float64, then on the CPU, then by an SVD;
+only a non-finite input is reported as one (``NonFiniteEmbeddingError``).
 """
 
 from __future__ import annotations
@@ -38,23 +38,45 @@ class NonFiniteEmbeddingError(torch.linalg.LinAlgError):
     """The eigensolver failed on an embedding holding NaN or infinity (a diverged run)."""
 
 
+def _eigh(a: torch.Tensor, vectors: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return torch.linalg.eigh(a) if vectors else (torch.linalg.eigvalsh(a), None)
+
+
+def _svd_of_symmetric(a: torch.Tensor, vectors: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Eigenvalues (ascending) and eigenvectors of a symmetric positive semi-definite ``a`` from
+    its SVD (another LAPACK routine, gesdd): there singular values are the eigenvalues and U holds
+    the eigenvectors (a round-off negative eigenvalue comes back as its magnitude, below every
+    floor this module applies)."""
+    if not vectors:
+        return torch.linalg.svdvals(a).flip(-1), None
+    u, s, _ = torch.linalg.svd(a)
+    return s.flip(-1), u.flip(-1)
+
+
 def eigh(g: torch.Tensor, vectors: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Eigenvalues (ascending) and, with ``vectors``, eigenvectors of the symmetric ``g``
-    (..., k, k). A solver failure on finite input is retried in float64, then on the CPU, and
-    the result returned in the dtype and on the device that were asked; a failure on
-    non-finite input raises NonFiniteEmbeddingError. Nothing is read back on success."""
-    attempts = [g, g.double()] if g.dtype != torch.float64 else [g]
+    """Eigenvalues (ascending) and, with ``vectors``, eigenvectors of the symmetric positive
+    semi-definite ``g`` (..., k, k). A solver failure on finite input is retried in float64, then
+    on the CPU, then by an SVD of the same matrix on the CPU (on a CPU run the float64 solver
+    would otherwise have no second chance), and the result returned in the dtype and on the
+    device that were asked; a failure on non-finite input raises NonFiniteEmbeddingError.
+
+    The retries are built only when needed: on success nothing is converted, copied or read back
+    (a copy to the CPU made in advance would wait for the GPU at every call)."""
+    attempts = [lambda: _eigh(g, vectors)]
+    if g.dtype != torch.float64:
+        attempts.append(lambda: _eigh(g.double(), vectors))
     if g.device.type != "cpu":
-        attempts.append(g.double().cpu())
-    for i, a in enumerate(attempts):
+        attempts.append(lambda: _eigh(g.double().cpu(), vectors))
+    attempts.append(lambda: _svd_of_symmetric(g.double().cpu(), vectors))
+    for i, attempt in enumerate(attempts):
         try:
-            lam, vec = torch.linalg.eigh(a) if vectors else (torch.linalg.eigvalsh(a), None)
+            lam, vec = attempt()
         except torch.linalg.LinAlgError as exc:
             if not bool(torch.isfinite(g).all()):
                 raise NonFiniteEmbeddingError(f"the embedding is not finite ({exc})") from None
             if i == len(attempts) - 1:
                 raise RuntimeError(f"the eigensolver failed on a finite {tuple(g.shape)} Gram matrix in "
-                                   f"float32, float64 and on the CPU: {exc}") from None
+                                   f"float32, float64, on the CPU and by an SVD: {exc}") from None
             continue
         back = (lambda t: t.to(g.device, g.dtype)) if i else (lambda t: t)
         return back(lam), (back(vec) if vec is not None else None)
@@ -178,5 +200,10 @@ def mean_singular_value(e: torch.Tensor, normalize: bool = True) -> torch.Tensor
     if normalize:
         e = F.normalize(e, dim=-1)
     if uses_svd(*e.shape[-2:]):
-        return torch.linalg.svdvals(e).mean(-1)
+        try:
+            return torch.linalg.svdvals(e).mean(-1)
+        except torch.linalg.LinAlgError as exc:  # as in ``eigh``: only a non-finite input is a divergence
+            if not bool(torch.isfinite(e).all()):
+                raise NonFiniteEmbeddingError(f"the embedding is not finite ({exc})") from None
+            raise
     return _MeanSingularValue.apply(e)
