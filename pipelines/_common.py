@@ -18,9 +18,6 @@ from embreg.params import PipelineParams, group_options, load_params
 from embreg.registry import UnknownNameError, check_choice
 
 os.environ["EMBREG_CONF"] = str(Path(__file__).resolve().parents[1] / "conf")
-# what a person ran, recorded by every run this stage starts (embreg.provenance)
-os.environ.setdefault("EMBREG_COMMAND", f"dvc repro {os.environ['DVC_STAGE']}" if os.environ.get("DVC_STAGE")
-                      else " ".join(["python", *sys.argv]))
 
 # OSError: a read-only data dir, a results path that is a file, a full disk: one line each too
 USER_ERRORS = (UnknownNameError, DataUnavailableError, ValueError, OSError)
@@ -29,6 +26,9 @@ USER_ERRORS = (UnknownNameError, DataUnavailableError, ValueError, OSError)
 def fail(main: Callable[[], int | None]) -> int:
     """Run a stage: a user error is one line per problem on stderr and exit status 1; Ctrl-C or
     TERM (``stop_on_signals``) is one line and exit status 130."""
+    # what a person ran, recorded by every run this stage starts (embreg.provenance)
+    os.environ.setdefault("EMBREG_COMMAND", f"dvc repro {os.environ['DVC_STAGE']}" if os.environ.get("DVC_STAGE")
+                          else " ".join(["python", *sys.argv]))
     try:
         return main() or 0
     except USER_ERRORS as exc:

@@ -173,6 +173,7 @@ def tool_env() -> dict[str, str]:
     """The environment for the project's commands: this venv's tools first on PATH."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("EMBREG_RETRAIN", None)
+    env.pop("EMBREG_COMMAND", None)  # each command records its own
     return env
 
 
