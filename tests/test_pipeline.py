@@ -89,5 +89,5 @@ def test_unknown_profile_fails_in_one_line_and_writes_nothing(smoke_repo, tmp_pa
     res = _sh([sys.executable, "pipelines/prepare.py"], repo, check=False)
     assert res.returncode == 1
     valid = ", ".join(sorted(p.stem for p in (repo / "conf" / "profile").glob("*.yaml")))
-    assert res.stderr.strip() == f"error: unknown profile 'huge'; valid: {valid}"
-    assert not (repo / "results").exists()
+    assert res.stderr.strip() == f"error: params.yaml: default.profile: unknown profile 'huge'; valid: {valid}"
+    assert not (repo / "results").exists() and not (repo / "data").exists()  # checked before anything

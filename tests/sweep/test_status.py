@@ -53,10 +53,11 @@ def _tables(out: str) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    """A params.yaml for the smoke profile with its results in a temporary directory, and
-    status files for some of its runs."""
+    """A params.yaml whose pipelines (smoke, and the default profile beside it) keep their results
+    in a temporary directory, and status files for some of the smoke runs."""
     root = tmp_path_factory.mktemp("status")
-    params = {"profile": "smoke", "overrides": [f"paths.results={root}/results"],
+    params = {"default": {"profile": "smoke", "overrides": [f"paths.results={root}/results"]},
+              "other": {"profile": "default", "overrides": [f"paths.results={root}/results"]},
               "data": {"dir": str(root / "data")}}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     plan = make_plan(load_params(root / "params.yaml"), ABLATIONS)
