@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from embreg.analysis.exports import read_metrics
 from tests.conftest import run_cmd as _sh
 
 pytestmark = pytest.mark.slow
@@ -69,8 +70,9 @@ def test_report_and_plots(smoke_repo):
                 "layers_collapse", "sensitivity", "loss_terms", "layer_collapse_heatmap", "spectra"):
         assert (res / "plots" / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # DVC's metrics: the headline per arm, and the findings
-    metrics = json.loads((res / "metrics.json").read_text())
-    assert {"findings", "svmax", "vicreg"} <= set(metrics) and "linear_top1" in metrics["svmax"]
+    metrics = read_metrics(res)
+    assert {"findings/accuracy.json", "linear_top1/svmax.json", "knn20_top1/vicreg.json"} <= set(metrics)
+    assert set(metrics["linear_top1/svmax.json"]) == {"mean"}  # one seed: no interval
 
 
 def test_repro_again_is_a_no_op_and_status_is_clean(smoke_repo):
