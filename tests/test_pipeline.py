@@ -35,8 +35,8 @@ def test_tables_hold_every_arm_with_real_numbers(smoke_repo):
     for arm in ("inv_only", "vicreg", "svmax", "supervised", "random_init"):
         assert arms[arm]["n"] == 1, arm
         assert 0 <= arms[arm]["metrics"]["linear_top1"]["mean"] <= 100
-    assert "semi_1pct_top1" not in arms["random_init"]["metrics"]
-    assert 0 <= arms["supervised"]["metrics"]["semi_10pct_top1"]["mean"] <= 100
+    # the smoke profile fine-tunes only when asked (eval.semi_supervised=true): no semi-supervised cell
+    assert not any(k.startswith("semi_") for arm in arms.values() for k in arm["metrics"])
     for name in ("anticollapse", "anticollapse_tests", "anticollapse_collapse", "covariance", "layers", "main",
                  "regime", "cost", "sensitivity"):
         for ext in ("md", "csv", "tex"):

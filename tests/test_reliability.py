@@ -294,10 +294,11 @@ def test_validation_names_key_value_and_what_is_allowed(smoke_cfg, override, mes
 @pytest.mark.parametrize("edit, message", [
     ({"local": {"max_parallel": -3}}, "local.max_parallel=-3: must be an integer >= 0"),
     ({"launcher": "kubernetes"}, "launcher=kubernetes: unknown; valid: local, slurm"),
-    ({"profle": "smoke"}, "unknown key 'profle' (did you mean 'profile'?); valid: profile, dataset, overrides, "
-                          "data, launcher, local, slurm"),
-    ({"overrides": ["optim.lr"]}, "overrides: malformed override 'optim.lr'; an override is key=value, "
-                                  "e.g. optim.lr=0.01"),
+    ({"defualt": {"seeds": [0]}}, "unknown key 'defualt' (did you mean 'default'?); valid: dataset, data, launcher, "
+                                  "local, slurm, default, robustness, or a pipeline's section (a mapping with "
+                                  "profile: <name>)"),
+    ({"default": {"profile": "smoke", "overrides": ["optim.lr"]}},
+     "default.overrides: malformed override 'optim.lr'; an override is key=value, e.g. optim.lr=0.01"),
 ])
 def test_bad_params_yaml_is_one_line_at_every_entry_point(tmp_path, capsys, edit, message):
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
