@@ -81,6 +81,9 @@ def test_pipelines_and_profiles_are_chosen_by_name(tmp_path):
                                            "change default.epochs"),
     ({"overrides": ["profile=smoke"]}, "default.overrides: 'profile=smoke' chooses the profile; set default.profile "
                                        "instead"),
+    ({"overrides": ["dataset.subset_seed=3"]}, "default.overrides: 'dataset.subset_seed=3' would not reach the "
+                                               "prepared data; set `dataset` in params.yaml or the subsets in "
+                                               "conf/dataset/<name>.yaml"),
 ])
 def test_a_bad_section_is_one_line_naming_the_fix(tmp_path, section, message):
     path = _write(tmp_path, default={**SMOKE, **section})

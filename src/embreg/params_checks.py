@@ -34,6 +34,9 @@ PIPELINE_KEYS = ("profile", *KNOBS, "overrides")
 Options = Callable[[str], list[str]]  # a conf/ group -> its option names
 PIPELINE_HINT = "or a pipeline's section (a mapping with profile: <name>)"
 LEAST = {"epochs": 1, "steps_per_epoch": 1, "batch_size": 2}  # integer knobs -> least allowed
+# what prepare reads besides params.yaml's dataset: the dataset's label subsets come from
+# conf/dataset/<name>.yaml alone, so a pipeline's override of them would not reach the data
+PREPARED = ("dataset", "dataset.subset_fractions", "dataset.subset_seed")
 
 
 def _unknown(where: str, keys: Any, valid: tuple[str, ...] | list[str], hint: str = "") -> list[str]:
@@ -133,7 +136,8 @@ def _int_list(value: Any) -> bool:
 
 def _override_problems(name: str, sec: dict[str, Any]) -> list[str]:
     """A section's extra overrides: key=value strings that Hydra parses, setting neither the
-    profile (its own key) nor a key a knob of the section sets."""
+    profile (its own key), nor what prepare reads (``PREPARED``), nor a key a knob of the
+    section sets."""
     ov = sec.get("overrides") or []
     if not isinstance(ov, list) or not all(isinstance(o, str) for o in ov):
         return [_bad(f"{name}.overrides", ov, "must be a list of key=value strings")]
@@ -144,6 +148,9 @@ def _override_problems(name: str, sec: dict[str, Any]) -> list[str]:
         key = o.partition("=")[0].lstrip("+~")
         if key == "profile":
             out.append(f"{name}.overrides: {o!r} chooses the profile; set {name}.profile instead")
+        elif key in PREPARED:
+            out.append(f"{name}.overrides: {o!r} would not reach the prepared data; set `dataset` in params.yaml "
+                       "or the subsets in conf/dataset/<name>.yaml")
         elif key in owners:
             out.append(f"{name}.overrides: {o!r} sets what {name}.{owners[key]} sets; change {name}.{owners[key]}")
     return out
