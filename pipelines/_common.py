@@ -4,7 +4,6 @@ installed package came from."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import sys
@@ -41,15 +40,18 @@ def fail(main: Callable[[], int | None]) -> int:
         return 130
 
 
-def stage_params(argv: list[str] | None = None, usage: str = "[--profile NAME]") -> PipelineParams:
-    """params.yaml; ``--profile NAME`` (a stage of another profile's pipeline, e.g. the robustness
-    studies' stages in dvc.yaml) replaces its ``profile``. ``usage``: the stage's arguments, for
-    the one-line error on any other."""
+def stage_params(argv: list[str] | None = None, usage: str = "[--pipeline NAME | --profile NAME]") -> PipelineParams:
+    """params.yaml's ``default`` pipeline; ``--pipeline NAME`` another pipeline's section (the
+    robustness studies' stages in dvc.yaml); ``--profile NAME`` a profile, with the knobs of the
+    section that runs it, else its own values (e.g. smoke). ``usage``: the stage's arguments,
+    for the one-line error on any other."""
     argv = sys.argv[1:] if argv is None else argv
     params = load_params()
+    if argv[:1] == ["--pipeline"] and len(argv) == 2:
+        return params.for_pipeline(argv[1])
     if argv[:1] == ["--profile"] and len(argv) == 2:
         check_choice("profile", argv[1], group_options("profile"))
-        return dataclasses.replace(params, profile=argv[1])
+        return params.for_profile(argv[1])
     if argv:
         raise ValueError(f"usage: {Path(sys.argv[0]).name} {usage}; got {' '.join(argv)}")
     return params

@@ -1,4 +1,4 @@
-"""DVC stage `analyze`: tables, plots, REPORT.md, summary.json, metrics.json and README_results.md from
+"""DVC stage `analyze`: tables, plots, REPORT.md, summary.json, metrics/ and README_results.md from
 the run directories (then `python pipelines/readme.py` puts the README block into README.md)."""
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ from pathlib import Path
 from tabulate import tabulate
 
 from _common import fail, stage_params, stop_on_signals
-from embreg.params import LAUNCHERS
+from embreg.data.prepare import check_dataset_key
+from embreg.params import DEFAULT_PIPELINE, LAUNCHERS, PipelineParams, compose_run
 from embreg.registry import check_choice
 from embreg.sweep.detach import DETACHED, check_detach, forget, marker_path, summary
 from embreg.sweep.inflight import in_flight
@@ -32,8 +33,9 @@ DETACH = "--detach"
 def main() -> int:
     stop_on_signals()  # TERM (e.g. from DVC) stops the jobs too, like Ctrl-C, until they are detached
     argv = sys.argv[1:]
-    params = stage_params([a for a in argv if a != DETACH], usage=f"[--profile NAME] [{DETACH}]")
+    params = stage_params([a for a in argv if a != DETACH], usage=f"[--pipeline NAME | --profile NAME] [{DETACH}]")
     check_choice("launcher", params.launcher, LAUNCHERS)
+    check_dataset(params)
     detach = DETACH in argv or (params.launcher == "slurm" and params.slurm.detach)
     plan = make_plan(params)
     validate_plan(plan)  # every run, before anything is deleted or launched
@@ -46,7 +48,7 @@ def main() -> int:
     write_manifest(plan, results)
     live = in_flight(plan) if detach and not code else {}
     if live:
-        follow = "embreg status" + (f" --profile {plan.profile}" if "--profile" in argv else "")
+        follow = "embreg status" + (f" --profile {plan.profile}" if params.pipeline != DEFAULT_PIPELINE else "")
         print(f"detached: {summary(plan, live)}\n"
               f"  the jobs run on without this command; follow them with `{follow}`, collect them with `dvc repro`\n"
               f"  exit status {DETACHED} (not finished yet) keeps DVC from running the analysis on a part of "
@@ -61,6 +63,12 @@ def main() -> int:
         return 1
     print(f"all {len(plan.jobs)} runs done")
     return 0  # the runs' states decide, not how the launcher processes ended
+
+
+def check_dataset(params: PipelineParams) -> None:
+    """The profile's dataset must be params.yaml's ``dataset``: dvc.yaml's dependencies name its
+    prepared data by that key."""
+    check_dataset_key(params.dataset, params.profile, compose_run(params.profile, params.overrides).dataset)
 
 
 def _retrain_all(plan: Plan, results: Path, log: Path) -> None:

@@ -196,21 +196,35 @@ def copy_repo(dst: Path) -> None:
         shutil.copy2(REPO / rel, dst / rel)
 
 
+def use_pipeline(params: dict, profile: str, overrides: list[str] | tuple[str, ...] = (), **knobs) -> dict:
+    """params.yaml's mapping with its ``default`` pipeline running ``profile``: the profile's own
+    values (knobs left out: null), ``overrides`` and ``knobs``."""
+    params["default"] = {"profile": profile, "overrides": list(overrides), **knobs}
+    return params
+
+
 def repro_copy(dst: Path, mirror: Path, **params) -> Path:
     """A temporary git + DVC copy of the repository running the smoke profile on ``mirror``,
-    after `dvc repro`. Extra keyword arguments override params.yaml entries."""
+    after `dvc repro`. ``profile`` and ``overrides`` set the default pipeline's (its knobs are
+    the profile's own); other keyword arguments override params.yaml entries."""
     copy_repo(dst)
     p = yaml.safe_load((dst / "params.yaml").read_text())
     dataset = params.get("dataset", "fashion_mnist")  # the mirror holds the profile's dataset
-    p.update({"profile": "smoke", "data": {"dir": "data", "mirrors": {**p["data"]["mirrors"], dataset: str(mirror)}},
-              **params})
+    use_pipeline(p, params.pop("profile", "smoke"), params.pop("overrides", ()))
+    p.update({"data": {"dir": "data", "mirrors": {**p["data"]["mirrors"], dataset: str(mirror)}}, **params})
     (dst / "params.yaml").write_text(yaml.safe_dump(p))
-    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
-    run_cmd(["git", "init", "-q"], dst)
-    run_cmd([*git, "add", "-A"], dst)
-    run_cmd([*git, "commit", "-qm", "copy"], dst)
+    git_commit(dst, "copy", init=True)
     run_cmd(["dvc", "repro", "analyze"], dst)
     return dst
+
+
+def git_commit(repo: Path, message: str, init: bool = False) -> None:
+    """Commit everything in ``repo`` (``init``: a new repository first)."""
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    if init:
+        run_cmd(["git", "init", "-q"], repo)
+    run_cmd([*git, "add", "-A"], repo)
+    run_cmd([*git, "commit", "-qm", message], repo)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import copy_repo, tool_env
+from tests.conftest import copy_repo, tool_env, use_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ def grid_repo(dst: Path) -> Path:
     copy_repo(dst)
     (dst / "conf" / "ablation" / "grid_test.yaml").write_text(yaml.safe_dump(ABLATION))
     p = yaml.safe_load((dst / "params.yaml").read_text())
-    p.update(profile="smoke", overrides=OVERRIDES)
+    use_pipeline(p, "smoke", OVERRIDES)
     (dst / "params.yaml").write_text(yaml.safe_dump(p))
     return dst
 

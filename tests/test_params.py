@@ -14,11 +14,12 @@ def test_the_repository_params_load_with_the_launcher_defaults():
     assert p.dataset == "fashion_mnist" and p.mirror("fashion_mnist") == "/usr/share/datasets/fashion-mnist"
     assert p.mirror("cifar10") is None
     assert p.local == LocalParams() and p.slurm == SlurmParams()
+    assert (p.pipeline, p.profile, set(p.pipelines)) == ("default", "default", {"default", "robustness"})
 
 
 def test_site_file_overrides_the_launcher_sections_key_by_key(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(
-        {"profile": "smoke", "launcher": "local", "slurm": {"partition": "gpu", "mem_gb": 8}}))
+        {"default": {"profile": "smoke"}, "launcher": "local", "slurm": {"partition": "gpu", "mem_gb": 8}}))
     (tmp_path / "params.local.yaml").write_text(yaml.safe_dump(
         {"launcher": "slurm", "slurm": {"account": "lab", "mem_gb": 16}, "local": {"max_parallel": 0}}))
     p = load_params(tmp_path / "params.yaml")

@@ -186,8 +186,9 @@ def test_unreadable_status_is_one_line_and_the_run_is_retrained(finished, capsys
     (rd / "status.json").write_text('{"state": "do')  # cut off mid-write by a full disk
     root = Path(cfg.paths.results).parent
     (root / "params.yaml").write_text(yaml.safe_dump({
-        "profile": "smoke", "dataset": "fashion_mnist", "data": {"dir": cfg.paths.data},
-        "overrides": [f"paths.results={cfg.paths.results}", f"paths.checkpoints={cfg.paths.checkpoints}"]}))
+        "default": {"profile": "smoke", "overrides": [f"paths.results={cfg.paths.results}",
+                                                     f"paths.checkpoints={cfg.paths.checkpoints}"]},
+        "dataset": "fashion_mnist", "data": {"dir": cfg.paths.data}}))
     assert status_main(["--params", str(root / "params.yaml"), "--ablation", "layers"]) == 0
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"warning: unreadable status file {rd / 'status.json'}: Unterminated string starting at: "
@@ -253,7 +254,8 @@ def test_truncated_prepared_data_is_one_line(smoke_cfg, tmp_path):
 
 def _prepare(tmp_path: Path, data_dir: str, mirror: Path) -> subprocess.CompletedProcess:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({
-        "profile": "smoke", "dataset": "fashion_mnist", "data": {"dir": data_dir, "mirrors": {"fashion_mnist": str(mirror)}}}))
+        "default": {"profile": "smoke"}, "dataset": "fashion_mnist",
+        "data": {"dir": data_dir, "mirrors": {"fashion_mnist": str(mirror)}}}))
     return subprocess.run([sys.executable, str(REPO / "pipelines" / "prepare.py")], cwd=tmp_path, env=tool_env(),
                           capture_output=True, text=True)
 
@@ -292,10 +294,11 @@ def test_validation_names_key_value_and_what_is_allowed(smoke_cfg, override, mes
 @pytest.mark.parametrize("edit, message", [
     ({"local": {"max_parallel": -3}}, "local.max_parallel=-3: must be an integer >= 0"),
     ({"launcher": "kubernetes"}, "launcher=kubernetes: unknown; valid: local, slurm"),
-    ({"profle": "smoke"}, "unknown key 'profle' (did you mean 'profile'?); valid: profile, dataset, overrides, "
-                          "data, launcher, local, slurm"),
-    ({"overrides": ["optim.lr"]}, "overrides: malformed override 'optim.lr'; an override is key=value, "
-                                  "e.g. optim.lr=0.01"),
+    ({"defualt": {"seeds": [0]}}, "unknown key 'defualt' (did you mean 'default'?); valid: dataset, data, launcher, "
+                                  "local, slurm, default, robustness, or a pipeline's section (a mapping with "
+                                  "profile: <name>)"),
+    ({"default": {"profile": "smoke", "overrides": ["optim.lr"]}},
+     "default.overrides: malformed override 'optim.lr'; an override is key=value, e.g. optim.lr=0.01"),
 ])
 def test_bad_params_yaml_is_one_line_at_every_entry_point(tmp_path, capsys, edit, message):
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -331,14 +334,15 @@ def test_plan_validation_reads_the_data_once_per_dataset(smoke_cfg):
 # --------------------------------------------------------- 12. a failed prepare keeps the card
 @pytest.mark.slow
 def test_failed_prepare_keeps_the_committed_card(tmp_path, fmnist_mirror):
-    from tests.conftest import copy_repo, run_cmd
+    from tests.conftest import copy_repo, run_cmd, use_pipeline
 
     repo = tmp_path / "repo"
     copy_repo(repo)
     mirror = tmp_path / "mirror"
     shutil.copytree(fmnist_mirror, mirror)
     p = yaml.safe_load((repo / "params.yaml").read_text())
-    p.update({"profile": "smoke", "data": {"dir": "data", "mirrors": {"fashion_mnist": str(mirror)}}})
+    use_pipeline(p, "smoke")
+    p.update({"data": {"dir": "data", "mirrors": {"fashion_mnist": str(mirror)}}})
     (repo / "params.yaml").write_text(yaml.safe_dump(p))
     git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
     run_cmd(["git", "init", "-q"], repo)
@@ -415,13 +419,14 @@ def test_term_stops_every_job_and_nothing_writes_afterwards(tmp_path, fmnist_mir
     the stage notices that its parent is gone), while a local job is training."""
     import time
 
-    from tests.conftest import copy_repo, run_cmd
+    from tests.conftest import copy_repo, run_cmd, use_pipeline
 
     repo = tmp_path / "repo"
     copy_repo(repo)
     p = yaml.safe_load((repo / "params.yaml").read_text())
-    p.update({"profile": "smoke", "data": {"dir": "data", "mirrors": {"fashion_mnist": str(fmnist_mirror)}},
-              "local": {"max_parallel": 2, "threads_per_job": 1}, "overrides": ["pretrain.steps_per_epoch=40"]})
+    use_pipeline(p, "smoke", ["pretrain.steps_per_epoch=40"])
+    p.update({"data": {"dir": "data", "mirrors": {"fashion_mnist": str(fmnist_mirror)}},
+              "local": {"max_parallel": 2, "threads_per_job": 1}})
     (repo / "params.yaml").write_text(yaml.safe_dump(p))
     if target == "dvc":
         run_cmd(["git", "init", "-q"], repo)

@@ -13,6 +13,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("embreg.bench", "time SVMax, the VICReg terms and pretraining; writes results/bench"),
     "export": ("embreg.sweep.export", "a profile's finished runs (no checkpoints) in one archive, for another machine"),
     "import": ("embreg.sweep.merge", "verify an `embreg export` archive and merge its runs into results/<profile>/runs"),
+    "migrate": ("embreg.sweep.migrate", "carry finished runs over to this checkout's fingerprints where their config "
+                                        "and code did not change (no retraining)"),
 }
 
 

@@ -1,5 +1,9 @@
-"""params.yaml (and the git-ignored params.local.yaml beside it): the pipeline's knobs, read by
+"""params.yaml (and the git-ignored params.local.yaml beside it): the pipelines' knobs, read by
 one typed loader for every stage and the sweep; and composing conf/ into a typed RunConfig.
+
+params.yaml holds one section per pipeline (``default``, ``robustness``: the stages that run it
+declare it in dvc.yaml); a stage's ``PipelineParams`` carries its section's profile and knobs as
+Hydra overrides. A hand run (``python -m embreg.train``) reads none of them: the profile's own.
 
 Torch-free. The launcher defaults (local and SLURM) live here, in ``LocalParams`` and
 ``SlurmParams``; params.yaml and params.local.yaml override them key by key.
@@ -18,6 +22,7 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SITE_FILE = "params.local.yaml"  # git-ignored site defaults for the launchers, beside params.yaml
 LAUNCHERS = ("local", "slurm")
+DEFAULT_PIPELINE = "default"  # the section the stages read without --pipeline / --profile
 
 
 @dataclass(frozen=True)
@@ -63,18 +68,70 @@ class SlurmParams:
 
 
 @dataclass(frozen=True)
+class PipelineSection:
+    """One pipeline's section of params.yaml (``default``, ``robustness``, ...): its profile and
+    the knobs a user turns, each the profile's own value when null
+    (embreg.params_checks.KNOBS: the run config key each sets), plus extra Hydra overrides."""
+
+    profile: str = "default"
+    seeds: list[int] | None = None
+    sweep_seeds: list[int] | None = None
+    ablations: list[str] | None = None
+    epochs: int | None = None
+    steps_per_epoch: int | None = None
+    batch_size: int | None = None
+    device: str | None = None
+    precision: str | None = None
+    overrides: list[str] = field(default_factory=list)
+
+    def hydra_overrides(self) -> list[str]:
+        """The knobs that are set, as Hydra overrides, then the extra overrides."""
+        from embreg.params_checks import KNOBS
+
+        knobs = [f"{key}={_hydra_value(getattr(self, knob))}" for knob, key in KNOBS.items()
+                 if getattr(self, knob) is not None]
+        return knobs + list(self.overrides)
+
+
+def _hydra_value(value: Any) -> str:
+    return "[" + ",".join(map(str, value)) + "]" if isinstance(value, list) else str(value)
+
+
+@dataclass(frozen=True)
 class PipelineParams:
+    """What a stage runs: its pipeline's profile and overrides (the section's knobs as Hydra
+    overrides, then its own), the data and the launcher settings."""
+
     profile: str = "default"
     overrides: list[str] = field(default_factory=list)  # Hydra overrides for every run
-    dataset: str | None = None  # the profile's dataset, as params.yaml declares it for DVC
+    dataset: str | None = None  # the pipelines' dataset, as params.yaml declares it for DVC
     data_dir: str = "data"
     mirrors: dict[str, str | None] = field(default_factory=dict)  # dataset -> local copy of its raw files
     launcher: str = "local"
     local: LocalParams = field(default_factory=LocalParams)
     slurm: SlurmParams = field(default_factory=SlurmParams)
+    pipeline: str | None = None  # the section these came from; None: the profile's own values
+    pipelines: dict[str, PipelineSection] = field(default_factory=dict)  # every section of the file
 
     def mirror(self, dataset: str) -> str | None:
         return self.mirrors.get(dataset)
+
+    def for_pipeline(self, name: str) -> PipelineParams:
+        """Pipeline ``name``'s section (``--pipeline NAME``: the stages of dvc.yaml)."""
+        if name not in self.pipelines:
+            raise ValueError(f"params.yaml has no pipeline section {name!r}; sections: "
+                             f"{', '.join(self.pipelines) or 'none'} (add one: {name}: {{profile: <name>}})")
+        sec = self.pipelines[name]
+        return dataclasses.replace(self, profile=sec.profile, overrides=sec.hydra_overrides(), pipeline=name)
+
+    def for_profile(self, profile: str) -> PipelineParams:
+        """Profile ``profile`` with the knobs of the section that runs it (the one named after it
+        first), else with its own values (a profile no pipeline runs, e.g. smoke)."""
+        check_option("profile", profile)
+        runs = [n for n, s in self.pipelines.items() if s.profile == profile]
+        if runs:
+            return self.for_pipeline(profile if profile in runs else runs[0])
+        return dataclasses.replace(self, profile=profile, overrides=[], pipeline=None)
 
 
 def _section(cls: type, *layers: dict[str, Any] | None) -> Any:
@@ -89,7 +146,8 @@ def _section(cls: type, *layers: dict[str, Any] | None) -> Any:
     return cls(**merged)
 
 
-def read_params_file(path: str | Path, sections: tuple[str, ...] | None = None) -> dict[str, Any]:
+def read_params_file(path: str | Path, sections: tuple[str, ...] | None = None,
+                     pipelines: bool = True) -> dict[str, Any]:
     """A params file's mapping, checked first (embreg.params_checks.params_problems): unknown keys,
     bad values and malformed overrides are each one line of the ConfigError raised."""
     from embreg.checks import ConfigError
@@ -101,30 +159,45 @@ def read_params_file(path: str | Path, sections: tuple[str, ...] | None = None) 
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
         raise ConfigError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-    found = params_problems(raw, str(path), sections or PARAMS_KEYS)
+    found = params_problems(raw, str(path), sections or PARAMS_KEYS, pipelines, group_options)
     if found:
         raise ConfigError("\n".join(found))
     return raw
 
 
-def load_params(path: str | Path = "params.yaml", site: str | Path | None = None) -> PipelineParams:
-    """params.yaml, with the launcher sections of ``site`` (default: params.local.yaml beside
-    it, when present) merged over them: a site's cluster settings need not be committed."""
+def load_params(path: str | Path = "params.yaml", site: str | Path | None = None,
+                pipeline: str = DEFAULT_PIPELINE) -> PipelineParams:
+    """params.yaml for ``pipeline`` (its section, else the profile of that name with its own
+    values), with the launcher sections of ``site`` (default: params.local.yaml beside it, when
+    present) merged over them: a site's cluster settings need not be committed."""
+    from embreg.params_checks import is_pipeline
+
     path = Path(path)
     raw = read_params_file(path)
     site_path = Path(site) if site is not None else path.with_name(SITE_FILE)
-    local = read_params_file(site_path, ("launcher", "local", "slurm")) if site_path.is_file() else {}
+    local = read_params_file(site_path, ("launcher", "local", "slurm"), False) if site_path.is_file() else {}
     data = raw.get("data") or {}
-    return PipelineParams(
-        profile=raw.get("profile", "default"),
-        overrides=list(raw.get("overrides") or []),
+    params = PipelineParams(
         dataset=raw.get("dataset"),
         data_dir=data.get("dir", "data"),
         mirrors=dict(data.get("mirrors") or {}),
         launcher=local.get("launcher", raw.get("launcher", "local")),
         local=_section(LocalParams, raw.get("local"), local.get("local")),
         slurm=_section(SlurmParams, raw.get("slurm"), local.get("slurm")),
+        pipelines={k: _section(PipelineSection, v) for k, v in raw.items() if is_pipeline(v)},
     )
+    return params.for_pipeline(pipeline) if pipeline in params.pipelines else params.for_profile(pipeline)
+
+
+def profile_knobs(profile: str) -> dict[str, Any]:
+    """The knobs' values in ``profile``'s own config (what a null knob in params.yaml means)."""
+    from omegaconf import OmegaConf
+
+    from embreg.params_checks import KNOBS
+
+    node = OmegaConf.structured(compose_run(profile))
+    return {knob: OmegaConf.to_container(v) if OmegaConf.is_config(v := OmegaConf.select(node, key)) else v
+            for knob, key in KNOBS.items()}
 
 
 def conf_dir() -> Path:

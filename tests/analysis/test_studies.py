@@ -12,7 +12,7 @@ import pytest
 import yaml
 from scipy import stats as sps
 
-from embreg.analysis.exports import MAX_METRICS, count_values
+from embreg.analysis.exports import MAX_METRICS, count_values, read_metrics
 from embreg.analysis.readme import block_in, markers, splice
 from embreg.analysis.report import analyze
 from embreg.analysis.stats import change_difference, welch
@@ -199,19 +199,22 @@ def test_report_and_readme_block_state_only_summary_numbers(analyzed):
     assert block_in(spliced, "robustness") == block and block_in(spliced) == "old\n"
 
 
-def test_metrics_json_holds_each_arm_per_point_and_the_verdicts(analyzed):
-    """DVC's metrics: per study the verdict counts and each arm's mean at each point, keys sorted as
-    `dvc metrics show` prints them (zero-padded points); a point whose seeds all diverged has no value."""
+def test_metrics_hold_each_arm_per_point_and_the_verdicts(analyzed):
+    """DVC's metrics: per study the verdict counts and each arm's mean and CI at each point, one file
+    per point and arm, named so that `dvc metrics show` sorts them (zero-padded points); a point whose
+    seeds all diverged has no file."""
     root, summary = analyzed
-    metrics = json.loads((root / "metrics.json").read_text())
-    assert set(metrics) == {"lr_robustness", "batch_size"}
-    lr = metrics["lr_robustness"]
+    metrics = read_metrics(root)
+    assert {path.split("/")[0] for path in metrics} == {"lr_robustness", "batch_size"}
     verdicts = [v["verdict"] for v in summary["studies"]["lr_robustness"]["verdicts"].values()]
-    assert lr["verdicts"] == {"supported": verdicts.count("supported"), "contradicted": verdicts.count("contradicted"),
-                              "not_resolved": verdicts.count("not resolved at this scale")}
-    assert list(lr["svmax"]["linear_top1"]) == ["lr01x", "lr03x", "lr10x", "lr30x"]
+    assert metrics["lr_robustness/verdicts.json"] == {
+        "supported": verdicts.count("supported"), "contradicted": verdicts.count("contradicted"), "tested": len(verdicts)}
+    svmax = sorted(p for p in metrics if p.startswith("lr_robustness/") and p.endswith("/svmax.json"))
+    assert svmax == [f"lr_robustness/lr{m}x/svmax.json" for m in ("01", "03", "10", "30")]
     for m in (1, *MULTIPLES):
-        assert lr["svmax"]["linear_top1"][f"lr{m:02d}x"] == pytest.approx(sum(LR_VALUES[("svmax", m)]) / 3, abs=1e-3)
-    assert "lr30x" not in lr["contrastive"]["recall_at_1"] and "lr10x" in lr["contrastive"]["recall_at_1"]
-    assert metrics["batch_size"]["vicreg"]["projector_s_mu"]["b032"] == pytest.approx(1.567, abs=1e-3)
+        cell = metrics[f"lr_robustness/lr{m:02d}x/svmax.json"]
+        assert cell["mean"] == pytest.approx(sum(LR_VALUES[("svmax", m)]) / 3, abs=1e-3)
+        assert cell["ci_low"] <= cell["mean"] <= cell["ci_high"]
+    assert "lr_robustness/lr30x/contrastive.json" not in metrics and "lr_robustness/lr10x/contrastive.json" in metrics
+    assert metrics["batch_size/b032/vicreg.json"]["mean"] == pytest.approx(1.567, abs=1e-3)
     assert count_values(metrics) <= MAX_METRICS

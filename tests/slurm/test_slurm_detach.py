@@ -26,7 +26,7 @@ import yaml
 
 from embreg.sweep import scheduler
 from embreg.sweep.detach import DETACHED
-from tests.conftest import copy_repo, run_cmd, tool_env
+from tests.conftest import copy_repo, run_cmd, tool_env, use_pipeline
 from tests.slurm.conftest import require_cluster, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -82,8 +82,8 @@ def repo(tmp_path_factory, fmnist_mirror) -> Path:
     copy_repo(repo)
     (repo / "conf" / "ablation" / "pair.yaml").write_text(PAIR)
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params.update(profile="smoke", launcher="slurm", overrides=["profile.ablations=[pair]"],
-                  data={"dir": "data", "mirrors": {"fashion_mnist": str(fmnist_mirror)}},
+    use_pipeline(params, "smoke", ["profile.ablations=[pair]"])
+    params.update(launcher="slurm", data={"dir": "data", "mirrors": {"fashion_mnist": str(fmnist_mirror)}},
                   slurm={"additional_parameters": {"hold": True}})
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]

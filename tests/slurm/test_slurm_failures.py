@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import copy_repo, run_cmd, tool_env
+from tests.conftest import copy_repo, run_cmd, tool_env, use_pipeline
 from tests.slurm.conftest import require_cluster, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -82,8 +82,8 @@ def broken_sweep(tmp_path_factory, fmnist_mirror):
     copy_repo(repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     # runs of a few seconds more than SLURM's KillWait, so that a cancel lands mid-run
-    params.update(profile="smoke", data={"dir": "data", "mirrors": {"fashion_mnist": str(fmnist_mirror)}}, launcher="slurm",
-                  overrides=["pretrain.epochs=5", "pretrain.steps_per_epoch=5"])
+    use_pipeline(params, "smoke", ["pretrain.epochs=5", "pretrain.steps_per_epoch=5"])
+    params.update(data={"dir": "data", "mirrors": {"fashion_mnist": str(fmnist_mirror)}}, launcher="slurm")
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     originals = {name: _edit_objective(repo, name, *edit) for name, edit in BREAK.items()}
     blocker = _checkpoint_in_the_way(repo)

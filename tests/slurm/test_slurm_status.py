@@ -92,7 +92,7 @@ def test_cancelled_job_shows_in_status(submit, tmp_path):
     assert {states[f"{array}_0"], states[f"{array}_1"]} <= scheduler.ACTIVE, states
 
     # a run whose status file still says running, its job cancelled; another queued in the array
-    params = {"profile": "smoke", "overrides": [f"paths.results={tmp_path}/results"]}
+    params = {"default": {"profile": "smoke", "overrides": [f"paths.results={tmp_path}/results"]}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     plan = make_plan(load_params(tmp_path / "params.yaml"), ["layers"])
     written = [(Job("vicreg", 0), "running", single), (Job("svmax", 0), "queued", f"{array}_1")]
@@ -111,7 +111,7 @@ def test_status_command_on_the_cluster(submit, tmp_path):
     single = submit()
     scheduler.cancel([single])
     wait_for(f"sacct to report job {single} CANCELLED", lambda: sacct_state(single) == "CANCELLED")
-    params = {"profile": "smoke", "overrides": [f"paths.results={tmp_path}/results"]}
+    params = {"default": {"profile": "smoke", "overrides": [f"paths.results={tmp_path}/results"]}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     plan = make_plan(load_params(tmp_path / "params.yaml"), ["layers"])
     write_json(run_dir(plan.configs[Job("vicreg", 0)]) / "status.json",

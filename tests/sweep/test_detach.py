@@ -136,8 +136,9 @@ def test_the_launcher_settings_that_cannot_detach_or_wait():
 
 
 def test_the_sweep_stage_refuses_detach_on_the_local_launcher_before_anything(tmp_path, prepared_data):
-    params = {"profile": "smoke", "launcher": "local", "data": {"dir": str(prepared_data)},
-              "overrides": [f"paths.results={tmp_path}/results", f"paths.checkpoints={tmp_path}/ckpt"]}
+    params = {"default": {"profile": "smoke", "overrides": [f"paths.results={tmp_path}/results",
+                                                            f"paths.checkpoints={tmp_path}/ckpt"]},
+              "launcher": "local", "data": {"dir": str(prepared_data)}, "dataset": "fashion_mnist"}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     res = subprocess.run([sys.executable, str(REPO / "pipelines" / "sweep.py"), "--detach"], cwd=tmp_path,
                          capture_output=True, text=True)
@@ -147,4 +148,4 @@ def test_the_sweep_stage_refuses_detach_on_the_local_launcher_before_anything(tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # nothing written
     res = subprocess.run([sys.executable, str(REPO / "pipelines" / "sweep.py"), "--detached"], cwd=tmp_path,
                          capture_output=True, text=True)
-    assert res.returncode == 1 and "usage: sweep.py [--profile NAME] [--detach]; got --detached" in res.stderr
+    assert res.returncode == 1 and "usage: sweep.py [--pipeline NAME | --profile NAME] [--detach]; got --detached" in res.stderr

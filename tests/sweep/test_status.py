@@ -86,10 +86,11 @@ def frozen_conf(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, frozen_conf) -> Path:
-    """A params.yaml for the smoke profile with its results in a temporary directory, and
-    status files for some of its runs."""
+    """A params.yaml whose pipelines (smoke, and the default profile beside it) keep their results
+    in a temporary directory, and status files for some of the smoke runs."""
     root = tmp_path_factory.mktemp("status")
-    params = {"profile": "smoke", "overrides": [f"paths.results={root}/results"],
+    params = {"default": {"profile": "smoke", "overrides": [f"paths.results={root}/results"]},
+              "other": {"profile": "default", "overrides": [f"paths.results={root}/results"]},
               "data": {"dir": str(root / "data")}}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     plan = make_plan(load_params(root / "params.yaml"), ABLATIONS)

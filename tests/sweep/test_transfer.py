@@ -33,8 +33,9 @@ TRAINED = ("vicreg", "pixels")
 def machine(root: Path, data: Path, *extra: str) -> Path:
     """A params file whose runs live under ``root`` (paths are no part of a fingerprint)."""
     root.mkdir(parents=True, exist_ok=True)
-    params = {"profile": "smoke", "dataset": "fashion_mnist", "data": {"dir": str(data)},
-              "overrides": [*SMALL, f"paths.results={root}/results", f"paths.checkpoints={root}/ckpt", *extra]}
+    params = {"default": {"profile": "smoke", "overrides": [*SMALL, f"paths.results={root}/results",
+                                                            f"paths.checkpoints={root}/ckpt", *extra]},
+              "dataset": "fashion_mnist", "data": {"dir": str(data)}}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root / "params.yaml"
 

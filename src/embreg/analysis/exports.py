@@ -1,17 +1,24 @@
-"""The small files DVC reads: ``metrics.json`` (the headline numbers), ``tables/accuracy.csv`` and
+"""The small files DVC reads: ``metrics/`` (the headline numbers), ``tables/accuracy.csv`` and
 ``tables/history.csv`` (tidy tables its plot templates overlay across commits).
 
-summary.json holds every statistic (thousands of values); ``dvc metrics diff`` and ``dvc exp show``
-need the few a reader compares between two commits: per arm of the ablations (references included,
-sweep points not) the mean and 95% CI of linear, kNN (the first k) and semi-supervised top-1, and how
-many comparisons were tested and resolved; per robustness study each arm's mean at each point and the
-verdict counts. Both tables and metrics.json come from the same rows, so they never disagree.
+summary.json holds every statistic (thousands of values); ``dvc metrics show``, ``dvc metrics diff``
+and ``dvc exp show`` need the few a reader compares between two commits: per arm of the ablations
+(references included, sweep points not) the mean and 95% CI of linear, kNN (the first k) and
+semi-supervised top-1, and how many comparisons were tested and resolved; per robustness study each
+arm's mean and CI at each point and the verdict counts. DVC prints one row per metrics file and one
+column per key, so each cell is a file of its own (``metrics/<metric>/<arm>.json`` holding ``mean``,
+``ci_low``, ``ci_high``): a profile is a few dozen rows of six columns, one screen. The tables and the
+metrics come from the same rows, so they never disagree.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -24,7 +31,6 @@ from embreg.analysis.studies import (
     CONTRADICTED,
     EMBEDDING_USE,
     LEARNING_RATE,
-    NOT_RESOLVED,
     SUPPORTED,
     USABLE,
     StudyResult,
@@ -32,12 +38,13 @@ from embreg.analysis.studies import (
 )
 from embreg.analysis.summary import Analysis
 
-METRICS_FILE = "metrics.json"
+METRICS_DIR = "metrics"
+OLD_METRICS_FILE = "metrics.json"  # the single file of an earlier layout: one row thousands of columns wide
 ACCURACY_TABLE = "accuracy.csv"
 HISTORY_TABLE = "history.csv"
-# values per profile, about what `dvc metrics diff --all` lists on one screen; the one-GPU grid (ten
-# rows, n and four evaluations with their CIs, four counts) holds 122
-MAX_METRICS = 125
+# values per profile, about what `dvc metrics diff --all` lists on one screen: the one-GPU grid (ten
+# arms, 36 cells with their CIs, four counts) holds 112, the robustness studies (37 points) 117
+MAX_METRICS = 120
 DECIMALS = 3  # the tables show one decimal; three keep a diff's change readable without float noise
 ACCURACY_COLUMNS = ["arm", "metric", "mean", "ci_low", "ci_high", "n"]
 _KNN = re.compile(r"^knn(\d+)_top1$")
@@ -120,35 +127,62 @@ def _counts(comps: list[Comparison]) -> dict[str, int]:
 
 
 def _verdicts(study: StudyResult) -> dict[str, int]:
-    names = {SUPPORTED: "supported", CONTRADICTED: "contradicted", NOT_RESOLVED: "not_resolved"}
-    out = dict.fromkeys(names.values(), 0)
-    for v in study.verdicts.values():
-        out[names[v["verdict"]]] += 1
-    return out
+    """The study's points judged (``tested``; the rest not resolved), supported and contradicted."""
+    found = [v["verdict"] for v in study.verdicts.values()]
+    return {"supported": found.count(SUPPORTED), "contradicted": found.count(CONTRADICTED), "tested": len(found)}
 
 
-def metrics(an: Analysis) -> dict[str, Any]:
-    """metrics.json: ``findings`` and ``<arm>.<key>.{mean,ci_low,ci_high}`` (+ ``<arm>.n``) for the
-    ablations; ``<study>.verdicts`` and ``<study>.<arm>.<key>.<point>`` (means) for each study."""
-    res, out = an.results, {}
+def metrics(an: Analysis) -> dict[str, dict[str, Any]]:
+    """The metrics files, by path under ``metrics/``: ``findings/{accuracy,collapse}.json`` (Holm-
+    supported and tested comparisons), ``<metric>/<arm>.json`` per arm of the ablations and headline
+    metric, ``<study>/verdicts.json`` and ``<study>/<point>/<arm>.json`` per robustness study; each
+    cell ``{mean, ci_low, ci_high}`` (one seed: the mean alone)."""
+    out: dict[str, dict[str, Any]] = {}
     if an.runs:
-        out["findings"] = {"accuracy": _counts([c for cs in an.accuracy.values() for c in cs]),
-                           "collapse": _counts([c for cs in an.collapse.values() for c in cs])}
-        table = accuracy_table(an)
-        for arm in ablation_arms(an):
-            cells = {r.metric: _cell(r.mean, r.ci_low, r.ci_high)
-                     for r in table[table["arm"] == arm].itertuples() if " @ " not in r.metric}
-            out[arm] = {"n": len(res.done(arm)), **cells}
+        out["findings/accuracy.json"] = _counts([c for cs in an.accuracy.values() for c in cs])
+        out["findings/collapse.json"] = _counts([c for cs in an.collapse.values() for c in cs])
+    for r in accuracy_table(an).itertuples():
+        if " @ " not in r.metric:  # a study's point: below, under the study's name
+            out[f"{r.metric}/{r.arm}.json"] = _cell(r.mean, r.ci_low, r.ci_high)
     for name, study in an.studies.items():
-        block: dict[str, Any] = {"verdicts": _verdicts(study)}
-        for arm, key, point, vals in study_rows(res, study):
-            mean = _finite(describe(vals).mean)
-            if mean is not None:
-                block.setdefault(arm, {}).setdefault(key, {})[point] = mean
-        out[name] = block
-    if count_values(out) > MAX_METRICS:  # a larger grid: the means alone, so the file stays one screen
+        out[f"{name}/verdicts.json"] = _verdicts(study)
+        for arm, _, point, vals in study_rows(an.results, study):
+            s = describe(vals)
+            if s.n:
+                out[f"{name}/{point}/{arm}.json"] = _cell(s.mean, s.ci_low, s.ci_high)
+    if count_values(out) > MAX_METRICS:  # a larger grid: the means alone, so the files stay one screen
         out = _means_only(out)
     return out
+
+
+def write_metrics(an: Analysis, results_dir: Path) -> Path:
+    """Write ``results_dir/metrics/`` whole, by a swap: a cell no longer computed does not linger,
+    and an interrupted analysis leaves the previous files."""
+    final = results_dir / METRICS_DIR
+    new = Path(tempfile.mkdtemp(prefix=f".{METRICS_DIR}-", dir=results_dir))
+    old = results_dir / f".{METRICS_DIR}-old"
+    try:
+        for rel, cell in metrics(an).items():
+            (new / rel).parent.mkdir(parents=True, exist_ok=True)
+            # allow_nan=False: a NaN that slipped through fails here rather than writing invalid JSON
+            (new / rel).write_text(json.dumps(cell, indent=2, sort_keys=True, allow_nan=False) + "\n")
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        new.rename(final)
+    finally:
+        if old.exists() and not final.exists():
+            old.rename(final)
+        shutil.rmtree(new, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    (results_dir / OLD_METRICS_FILE).unlink(missing_ok=True)
+    return final
+
+
+def read_metrics(results_dir: Path) -> dict[str, dict[str, Any]]:
+    """``results_dir/metrics/``'s files by path under it, as ``metrics`` returns them."""
+    root = Path(results_dir) / METRICS_DIR
+    return {p.relative_to(root).as_posix(): json.loads(p.read_text()) for p in sorted(root.rglob("*.json"))}
 
 
 def _means_only(obj: Any) -> Any:

@@ -18,7 +18,7 @@ from embreg.analysis.aggregate import Results, load_results
 from embreg.analysis.cells import Table, short_error, write_table
 from embreg.analysis.claims import RULE, verdict_line, verdicts
 from embreg.analysis.collapse import collapse_table, regime_table
-from embreg.analysis.exports import ACCURACY_TABLE, HISTORY_TABLE, METRICS_FILE, accuracy_table, metrics
+from embreg.analysis.exports import ACCURACY_TABLE, HISTORY_TABLE, accuracy_table, write_metrics
 from embreg.analysis.findings import findings, method_note, resolution_line
 from embreg.analysis.plots import HEADLINE, make_plots
 from embreg.analysis.provenance import write_provenance
@@ -209,7 +209,7 @@ def _write_json(path: Path, obj: Any) -> None:
 
 def analyze(results_dir: Path, conf_dir: Path | None = None) -> dict[str, Any]:
     """Read ``results_dir/runs``; write ``tables/``, ``plots/``, ``REPORT.md``, ``summary.json``,
-    ``metrics.json`` (DVC's metrics) and ``README_results.md``. ``conf_dir`` holds ``<ablation>.yaml`` for comparisons the manifest lacks
+    ``metrics/`` (DVC's metrics, embreg.analysis.exports) and ``README_results.md``. ``conf_dir`` holds ``<ablation>.yaml`` for comparisons the manifest lacks
     (default: ``conf/ablation`` of the working directory).
 
     Returns the summary. Missing, failed or diverged runs appear as marked cells with footnotes;
@@ -231,7 +231,7 @@ def analyze(results_dir: Path, conf_dir: Path | None = None) -> dict[str, Any]:
     plots, errors = make_plots(an, results_dir / "plots", study_plot_jobs(an))
     summary = {**summarize(an), **claims_summary(an)}
     _write_json(results_dir / "summary.json", summary)
-    _write_json(results_dir / METRICS_FILE, metrics(an))
+    write_metrics(an, results_dir)
     (results_dir / "REPORT.md").write_text(render_report(an, tables, plots, errors))
     (results_dir / BLOCK_FILE).write_text(readme_block(an, display_path(results_dir)))
     write_provenance(an.results, display_path(results_dir))

@@ -13,7 +13,6 @@ it, 2 a usage error (an unknown profile, an override that does not compose).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import json
 import sys
@@ -106,7 +105,7 @@ def report(doc: dict[str, Any]) -> str:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="embreg export", description=__doc__.split("\n\n")[0])
     p.add_argument("--profile", metavar="NAME",
-                   help=f"one of: {', '.join(group_options('profile'))} (default: params.yaml's)")
+                   help=f"one of: {', '.join(group_options('profile'))} (default: the profile of params.yaml's default pipeline)")
     p.add_argument("--out", type=Path, help="the archive to write (default: <profile>-runs.tar.gz)")
     p.add_argument("--params", default="params.yaml", help="params file (default: %(default)s): its overrides "
                    "are part of every run's fingerprint")
@@ -122,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params: PipelineParams = load_params(args.params)
         profile = check_option("profile", args.profile or params.profile)
-        plan = make_plan(dataclasses.replace(params, profile=profile))
+        params = params.for_profile(profile)
+        plan = make_plan(params)
     except (ConfigError, UnknownNameError) as exc:
         for line in str(exc).splitlines():
             print(f"error: {line}", file=sys.stderr)

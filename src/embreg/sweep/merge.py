@@ -20,7 +20,6 @@ written unless ``--skip-refused``), 2 a usage error.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shutil
 import sys
@@ -203,7 +202,8 @@ def _load(args: argparse.Namespace) -> tuple[Archive, Plan, PipelineParams]:
     if args.profile and args.profile != profile:
         raise ArchiveError(f"{args.archive} holds profile {profile}, not {args.profile}")
     params = load_params(args.params)
-    return archive, make_plan(dataclasses.replace(params, profile=profile)), params
+    params = params.for_profile(profile)
+    return archive, make_plan(params), params
 
 
 def main(argv: list[str] | None = None) -> int:

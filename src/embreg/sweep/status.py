@@ -10,7 +10,6 @@ the job that would have updated the file is gone.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from collections import Counter
@@ -129,7 +128,8 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", action="append", metavar="NAME",
                    help=f"profile(s), repeatable or comma-separated: {', '.join(group_options('profile'))}"
-                        " (default: params.yaml's)")
+                        " (default: params.yaml's default pipeline's; each with the knobs of the params.yaml section"
+                        " that runs it, else its own)")
     p.add_argument("--ablation", action="append", metavar="NAME",
                    help=f"ablation(s), repeatable or comma-separated: {', '.join(group_options('ablation'))}"
                         " (default: all)")
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     except UnknownNameError as exc:
         ap.error(str(exc))
     try:
-        rows = [row for p in profiles for row in collect(dataclasses.replace(params, profile=p), ablations)]
+        rows = [row for p in profiles for row in collect(params.for_profile(p), ablations)]
     except (ConfigError, UnknownNameError) as exc:  # an override that does not compose
         print(f"error: {exc}", file=sys.stderr)
         return 2
