@@ -113,13 +113,12 @@ def test_the_old_layout_and_unknown_sections_are_refused(tmp_path):
 def test_each_stage_declares_exactly_the_params_it_reads():
     stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
     declared = {name: stage.get("params", []) for name, stage in stages.items()}
-    assert declared == {
-        "prepare": ["dataset", "data.dir", "data.mirrors.${dataset}"],  # never a pipeline's knob
-        "sweep": ["default", "dataset", "data.dir"],
-        "robustness_sweep": ["robustness", "dataset", "data.dir"],
-        "analyze": ["default.profile"],
-        "robustness_analyze": ["robustness.profile"],
-    }
+    pipelines = load_params(REPO_ROOT / "params.yaml").pipelines  # default, robustness, hosts, ...
+    expected = {"prepare": ["dataset", "data.dir", "data.mirrors.${dataset}"]}  # never a pipeline's knob
+    for name in pipelines:
+        stage = "" if name == "default" else f"{name}_"
+        expected |= {f"{stage}sweep": [name, "dataset", "data.dir"], f"{stage}analyze": [f"{name}.profile"]}
+    assert declared == expected
     # where jobs run changes no result: no stage declares the launcher's sections
     assert not {"launcher", "local", "slurm"} & {p.split(".")[0] for ps in declared.values() for p in ps}
     outs = [next(iter(o)) if isinstance(o, dict) else o for o in stages["sweep"]["outs"]]
