@@ -11,10 +11,12 @@ import pytest
 from embreg.params import compose_run
 from tests.conftest import repro_copy
 
-# no sensitivity points (sweep_seeds=[]): the ablations and their sweeps are the default's (the next test) and
-# run in the default's own tests; here they would only add eight CPU runs to the suite
+# one ablation, no sensitivity points: the ablations and their sweeps are the default's (the next test)
+# and run in the default's own tests; here they would only add CPU runs to the suite. covariance has
+# an ssl arm of each space and the references, whose semi-supervised cells this test reads
 SMOKE = ["pretrain.epochs=1", "pretrain.steps_per_epoch=1", "optim.batch_size=8", "backbone.projector=[32,32]",
-         "profile.device=cpu", "profile.seeds=[0,1]", "profile.sweep_seeds=[]", "eval.probe_epochs=1",
+         "profile.device=cpu", "profile.seeds=[0,1]", "profile.sweep_seeds=[]", "profile.ablations=[covariance]",
+         "eval.probe_epochs=1",
          "eval.finetune_epochs=[1,1]", "eval.finetune_batch_size=16", "eval.feature_batch_size=256",
          "eval.spectrum_size=8", "pretrain.monitor_every=1", "runtime.progress=false"]
 
@@ -34,7 +36,7 @@ def test_profile_repro_on_the_cpu_writes_the_semi_supervised_tables(tmp_path, fm
     repo = repro_copy(tmp_path / "repo", fmnist_mirror, profile="fmnist_gpu", overrides=SMOKE)
     res = repo / "results" / "fmnist_gpu"
     summary = json.loads((res / "summary.json").read_text())["arms"]
-    for arm in ("vicreg", "svmax", "supervised"):
+    for arm in ("vicreg", "inv_only", "supervised"):
         for key in ("semi_1pct_top1", "semi_10pct_top1"):
             cell = summary[arm]["metrics"][key]
             assert cell["n"] == 2 and 0 <= cell["mean"] <= 100, (arm, key)
