@@ -8,7 +8,7 @@ MIRROR := /usr/share/datasets/fashion-mnist
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install data-source repro robustness hosts gpu-grid test lint slurm-up slurm-down bench gpu-wheels gpu-check docs docs-serve
+.PHONY: install data-source repro robustness hosts gpu-grid test test-all lint slurm-up slurm-down bench gpu-wheels gpu-check docs docs-serve
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -50,12 +50,22 @@ gpu-grid:
 	  $(if $(wildcard $(GPU_BUNDLE)/fashion-mnist),,--mirror $(MIRROR)) $(if $(RESUME),--resume-from $(RESUME)); \
 	  rc=$$?; test $$rc = 0 -o $$rc = 3 || exit $$rc; python3 pipelines/analyze.py --profile fmnist_gpu; exit $$rc
 
-# The `slurm` tests run against the project's single-node SLURM cluster, started here when
-# this user can (root: it installs Debian's packages and starts the daemons).
+# `make test`: the unit tests, the one end-to-end DVC pipeline on the smoke profile that the
+# tests share, and one SLURM sweep (minutes). `make test-all`: every test (CI runs it). The
+# `slurm` tests run against the project's single-node SLURM cluster, started here when this user
+# can (root: it installs Debian's packages and starts the daemons); otherwise they are left out.
+QUICK := (not slow or e2e)
 test: install data-source
-	@if [ "$$(id -u)" = 0 ]; then bash tests/slurm/cluster.sh up && $(PY) -m pytest; \
-	else echo "not root: cannot start SLURM here; running the tests without the slurm ones"; \
-	  $(PY) -m pytest -m "not slurm"; fi
+	@$(call pytest_with_slurm,$(QUICK))
+
+test-all: install data-source
+	@$(call pytest_with_slurm,)
+
+define pytest_with_slurm
+if [ "$$(id -u)" = 0 ]; then bash tests/slurm/cluster.sh up && $(PY) -m pytest $(if $(1),-m "$(1)"); \
+else echo "not root: cannot start SLURM here; running the tests without the slurm ones"; \
+  $(PY) -m pytest -m "$(if $(1),$(1) and )not slurm"; fi
+endef
 
 # A single-node SLURM cluster on this machine (slurm-wlm, slurmdbd, munge, MariaDB; no systemd)
 slurm-up:

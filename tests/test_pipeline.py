@@ -14,7 +14,7 @@ import pytest
 from embreg.analysis.exports import read_metrics
 from tests.conftest import run_cmd as _sh
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 def _rows(path: Path) -> dict[str, dict[str, str]]:

@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import repro_copy
 from tests.slurm.conftest import require_cluster
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.e2e]
 
 
 @pytest.fixture(scope="module")
