@@ -19,11 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from embreg.checks import ConfigError
 from embreg.config import RunConfig
 from embreg.io import git_revision
-from embreg.params import PipelineParams, check_option, group_options, load_params
-from embreg.registry import UnknownNameError
 from embreg.rundir import State, checkpoint_path, is_finished, run_dir, run_id
 from embreg.sweep.bundle import (
     FORMAT,
@@ -37,7 +34,8 @@ from embreg.sweep.bundle import (
     strict_loads,
     write_archive,
 )
-from embreg.sweep.plan import Plan, make_plan
+from embreg.sweep.cmdline import add_profile_args, profile_plan
+from embreg.sweep.plan import Plan
 
 
 def read_run(cfg: RunConfig) -> RunFiles | None:
@@ -104,11 +102,8 @@ def report(doc: dict[str, Any]) -> str:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="embreg export", description=__doc__.split("\n\n")[0])
-    p.add_argument("--profile", metavar="NAME",
-                   help=f"one of: {', '.join(group_options('profile'))} (default: the profile of params.yaml's default pipeline)")
+    add_profile_args(p, ": its knobs are part of every run's fingerprint")
     p.add_argument("--out", type=Path, help="the archive to write (default: <profile>-runs.tar.gz)")
-    p.add_argument("--params", default="params.yaml", help="params file (default: %(default)s): its overrides "
-                   "are part of every run's fingerprint")
     p.add_argument("--json", action="store_true", help="print the manifest (with path and bytes) as JSON")
     return p
 
@@ -116,18 +111,11 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     ap = parser()
     args = ap.parse_args(argv)
-    if not Path(args.params).is_file():
-        ap.error(f"no params file {args.params}")
-    try:
-        params: PipelineParams = load_params(args.params)
-        profile = check_option("profile", args.profile or params.profile)
-        params = params.for_profile(profile)
-        plan = make_plan(params)
-    except (ConfigError, UnknownNameError) as exc:
-        for line in str(exc).splitlines():
-            print(f"error: {line}", file=sys.stderr)
-        return 2
-    out = args.out or Path(f"{profile}-runs.tar.gz")
+    found = profile_plan(ap, args)
+    if isinstance(found, int):
+        return found
+    params, plan = found
+    out = args.out or Path(f"{plan.profile}-runs.tar.gz")
     try:
         doc = export(plan, out, params.overrides)
     except OSError as exc:

@@ -34,15 +34,14 @@ from typing import Any
 import yaml
 
 from embreg.attempt import has_result, held
-from embreg.checks import ConfigError
 from embreg.config import RunConfig
 from embreg.fingerprint import code_parts, fingerprint_of, fingerprint_parts, run_fingerprint
 from embreg.io import write_text
-from embreg.params import check_option, compose_run, group_options, load_params
-from embreg.registry import UnknownNameError
+from embreg.params import compose_run
 from embreg.rundir import State, lock_path, observe, read_status, run_dir, run_id, write_status
+from embreg.sweep.cmdline import add_profile_args, profile_plan
 from embreg.sweep.legacy import Revisions, convert, legacy_fingerprint, part_hash_at, science_changes
-from embreg.sweep.plan import Plan, make_plan
+from embreg.sweep.plan import Plan
 
 CARRIED, CURRENT, NOT_CARRIED = "carried over", "already current", "not carried"
 MAX_TAGS = 3  # embreg.train.MAX_TAGS: the keys a hand run's id may name
@@ -172,9 +171,7 @@ def report(outcomes: list[Outcome], profile: str, dry_run: bool) -> str:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="embreg migrate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--profile", metavar="NAME", help=f"one of: {', '.join(group_options('profile'))} "
-                   "(default: params.yaml's default pipeline's), with the knobs of the section that runs it")
-    p.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    add_profile_args(p)
     p.add_argument("--dry-run", action="store_true", help="judge and report; write nothing")
     p.add_argument("--json", action="store_true", help="print the outcomes as JSON")
     return p
@@ -183,16 +180,10 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     ap = parser()
     args = ap.parse_args(argv)
-    if not Path(args.params).is_file():
-        ap.error(f"no params file {args.params}")
-    try:
-        params = load_params(args.params)
-        params = params.for_profile(check_option("profile", args.profile or params.profile))
-        plan = make_plan(params)
-    except (ConfigError, UnknownNameError) as exc:
-        for line in str(exc).splitlines():
-            print(f"error: {line}", file=sys.stderr)
-        return 2
+    found = profile_plan(ap, args)
+    if isinstance(found, int):
+        return found
+    _, plan = found
     try:
         outcomes = migrate(plan, Path.cwd(), args.dry_run)  # run from the repository, like dvc
     except OSError as exc:
