@@ -8,7 +8,7 @@ MIRROR := /usr/share/datasets/fashion-mnist
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install data-source repro robustness hosts gpu-grid test test-all lint slurm-up slurm-down bench gpu-wheels gpu-check docs docs-serve
+.PHONY: install data-source repro robustness gpu-grid test test-all lint slurm-up slurm-down bench gpu-wheels gpu-check docs docs-serve
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -35,9 +35,6 @@ repro: install data-source
 robustness: install data-source
 	$(if $(FORCE),EMBREG_RETRAIN=1 dvc repro --force robustness_analyze,dvc repro robustness_analyze)
 
-# Ablation D, the regularizers as plug-ins to SimSiam: conf/profile/hosts.yaml -> results/hosts
-hosts: install data-source
-	$(if $(FORCE),EMBREG_RETRAIN=1 dvc repro --force hosts_analyze,dvc repro hosts_analyze)
 
 # The default's grid on a CUDA machine (conf/profile/fmnist_gpu.yaml -> results/fmnist_gpu), several
 # runs sharing each GPU (params.yaml: local), then its analysis. No network, make install or DVC

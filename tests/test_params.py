@@ -14,7 +14,7 @@ def test_the_repository_params_load_with_the_launcher_defaults():
     assert p.dataset == "fashion_mnist" and p.mirror("fashion_mnist") == "/usr/share/datasets/fashion-mnist"
     assert p.mirror("cifar10") is None
     assert p.local == LocalParams() and p.slurm == SlurmParams()
-    assert (p.pipeline, p.profile) == ("default", "default") and {"default", "robustness", "hosts"} <= set(p.pipelines)
+    assert (p.pipeline, p.profile) == ("default", "default") and {"default", "robustness"} <= set(p.pipelines)
 
 
 def test_site_file_overrides_the_launcher_sections_key_by_key(tmp_path):

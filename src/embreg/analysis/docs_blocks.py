@@ -26,7 +26,7 @@ PAGES = {"terms": "docs/terms.md", "profiles": "docs/profiles.md", "slurm-resour
 
 
 # the profiles' order in the tables: by scale, the CPU profiles first
-ORDER = ("smoke", "default", "robustness", "hosts", "fmnist_gpu", "fmnist_gpu_hosts", "cifar10", "cifar100", "stl10",
+ORDER = ("smoke", "default", "robustness", "fmnist_gpu", "fmnist_gpu_hosts", "cifar10", "cifar100", "stl10",
          "imagenet100", "imagenet")
 
 

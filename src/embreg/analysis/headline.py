@@ -92,8 +92,7 @@ def key_findings(results: Path = Path("results"), shown: Path = Path("results"))
     titles = {"anticollapse": "A. SVMax vs VICReg's variance term", "covariance": "B. VICReg's covariance term",
               "layers": "C. last layer vs every layer"}
     lines += [s for n, t in titles.items() if (s := ablation_sentence(default, n, t))]
-    hosts = _read(results / "hosts" / "summary.json") or {}
-    lines += [f"**D. As plug-ins to SimSiam**: {s}" for s in claims_sentences(hosts)]
+    lines += [f"**D. As plug-ins to SimSiam**: {s}" for s in claims_sentences(default)]
     lines += [s for s in [study_sentence(_read(results / "robustness" / "summary.json") or {})] if s]
     figure = results / "default" / "plots" / "headline.png"
     out = [f"- {line}" for line in lines] or ["- No profile has committed results yet."]
