@@ -25,7 +25,10 @@ def test_profile_is_the_defaults_grid_on_a_gpu():
     gpu, cpu = compose_run("fmnist_gpu"), compose_run("default")
     assert (gpu.profile.device, gpu.pretrain.precision, gpu.backbone.stem, gpu.optim.batch_size) == \
         ("cuda", "bf16", "cifar", 256)
-    assert gpu.profile.ablations == cpu.profile.ablations and gpu.profile.baselines == cpu.profile.baselines
+    # A-C: the default's first three ablations (D on one GPU is fmnist_gpu_hosts's)
+    assert gpu.profile.ablations == cpu.profile.ablations[:3] == ["anticollapse", "covariance", "layers"]
+    assert compose_run("fmnist_gpu_hosts").profile.ablations == ["hosts"] and "hosts" in cpu.profile.ablations
+    assert gpu.profile.baselines == cpu.profile.baselines
     assert gpu.profile.seeds == [0, 1, 2] and gpu.eval.semi_supervised and gpu.eval.finetune_epochs == [20, 20]
     assert gpu.pretrain.supervised_epochs is None  # the supervised reference sees the arms' images
     assert gpu.paths.results == "results/fmnist_gpu"
