@@ -88,7 +88,7 @@ def test_the_robustness_profile_runs_its_own_studies_scaled_to_the_profile():
     assert {tuple(plan.configs[j].backbone.projector) for j in plan.jobs if j.sweep_key == "optim.batch_size"} == {
         (1024, 1024, 128)}
     # the default profile's sweep is untouched by the studies
-    assert list(make_plan(_params()).ablations) == ["anticollapse", "covariance", "layers"]
+    assert not {"lr_robustness", "batch_size"} & set(make_plan(_params()).ablations)
 
 
 def test_a_paired_key_must_give_one_value_per_point():
