@@ -117,3 +117,28 @@ def test_a_term_in_a_module_outside_the_package_is_registered(tmp_path):
     env = {"EMBREG_TERMS": "myterms", "PYTHONPATH": f"{tmp_path}:{':'.join(sys.path)}"}
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
+
+
+def test_a_plugin_named_after_the_first_load_is_still_imported(tmp_path, monkeypatch):
+    """The registry is loaded by the first import that needs it; a later $EMBREG_TERMS (a test
+    suite, a notebook) must still reach it, in the same process."""
+    assert "late_center" not in T.names()  # loaded without it
+    (tmp_path / "late_terms.py").write_text(textwrap.dedent('''
+        from embreg.terms import term
+
+        @term("late_center", "pulls the batch mean to the origin", equation="||mean_i z_i||")
+        def late_center(views):
+            return sum(z.mean(0).norm() for z in views.embedded())
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv(T.PLUGINS_ENV, "late_terms")
+    try:
+        assert T.names()[-1] == "late_center"
+        assert T.get("late_center").doc.startswith("pulls")
+        assert T.names().count("late_center") == 1  # imported once, however often asked
+    finally:  # leave the registry as the other tests expect it
+        monkeypatch.delenv(T.PLUGINS_ENV)
+        T.TERMS._items.pop("late_center", None)
+        T._imported.discard("late_terms")
+        sys.modules.pop("late_terms", None)
+    assert "late_center" not in T.names()

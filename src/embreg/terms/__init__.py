@@ -103,7 +103,8 @@ class Term:
 
 
 TERMS: Registry[Term] = Registry("loss term")
-_loaded = False
+_imported: set[str] = set()  # the term modules imported so far
+_local: list[str] = []  # this package's term modules, in ``_module_order``'s order (found once)
 
 
 def term(name: str, doc: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -117,20 +118,22 @@ def term(name: str, doc: str, **kwargs: Any) -> Callable[[Callable[..., Any]], C
 
 
 def load() -> Registry[Term]:
-    """The registry with every term module imported: this package's and ``$EMBREG_TERMS``'s."""
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        for mod in _module_order():
+    """The registry with every term module imported: this package's and ``$EMBREG_TERMS``'s.
+    ``$EMBREG_TERMS`` is read on every call: a module named after the first load (a test, a
+    notebook that sets it late) is imported then."""
+    for mod in _module_order():
+        if mod not in _imported:
             importlib.import_module(mod)
+            _imported.add(mod)
     return TERMS
 
 
 def _module_order() -> list[str]:
     """``BUILTIN``, then this package's other modules alphabetically, then ``$EMBREG_TERMS``'s."""
-    found = sorted(m.name for m in pkgutil.iter_modules(__path__))
-    local = [f"{__name__}.{m}" for m in [*BUILTIN, *(m for m in found if m not in BUILTIN)]]
-    return local + [n for n in (s.strip() for s in os.environ.get(PLUGINS_ENV, "").split(",")) if n]
+    if not _local:
+        found = sorted(m.name for m in pkgutil.iter_modules(__path__))
+        _local.extend(f"{__name__}.{m}" for m in [*BUILTIN, *(m for m in found if m not in BUILTIN)])
+    return _local + [n for n in (s.strip() for s in os.environ.get(PLUGINS_ENV, "").split(",")) if n]
 
 
 def names() -> list[str]:
