@@ -1,5 +1,5 @@
 """DVC stage `analyze`: tables, plots, REPORT.md, summary.json, metrics/ and README_results.md from
-the run directories (then `python pipelines/readme.py` puts the README block into README.md)."""
+the run directories (then `python pipelines/readme.py --all` puts the generated blocks into docs/results/ and README.md)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def main() -> None:
     params = stage_params()
     results = Path(compose_run(params.profile, params.overrides).paths.results)
     analyze(results)
-    print(f"wrote {results}/REPORT.md; `python pipelines/readme.py --profile {params.profile}` updates README.md")
+    print(f"wrote {results}/REPORT.md; `python pipelines/readme.py --all` updates docs/results/ and README.md")
 
 
 if __name__ == "__main__":

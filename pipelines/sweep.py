@@ -1,4 +1,5 @@
-"""DVC stage `sweep`: train and evaluate every run of the three ablations.
+"""DVC stage `sweep`: train and evaluate every run of the pipeline's profile (its ablations, references and
+sensitivity points).
 
 Runs already finished with the current config and code are kept (re-running trains only what
 is missing); EMBREG_RETRAIN=1 (`make repro FORCE=1`) retrains everything.

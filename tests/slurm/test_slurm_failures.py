@@ -40,14 +40,14 @@ def _expected(repo: Path, key: str) -> str:
     cfg = yaml.safe_load((repo / "results" / "smoke" / "runs" / key / "config.yaml").read_text())
     if cfg["objective"]["name"] == CRASHING:
         return "failed"
-    return "diverged" if cfg["objective"]["invariance"] == BREAK["inv_only"][1] else "done"
+    return "diverged" if cfg["objective"]["terms"].get("invariance") == BREAK["inv_only"][1] else "done"
 
 
 def _edit_objective(repo: Path, name: str, key: str, value) -> str:
     path = repo / "conf" / "objective" / f"{name}.yaml"
     original = path.read_text()
     cfg = yaml.safe_load(original)
-    cfg[key] = value
+    cfg["terms"][key] = value  # a term's coefficient
     path.write_text(yaml.safe_dump(cfg))
     return original
 
