@@ -67,3 +67,29 @@ def test_links_are_rewritten_from_the_page() -> None:
     assert relink(block, Path("README.md")) == block
     page = "# x\n<!-- results:x:begin -->\nold\n<!-- results:x:end -->\n"
     assert block_in(splice(page, "new\n", "x"), "x") == "new\n"
+
+
+def test_status_table_gives_each_profiles_runs_time_and_machine(tmp_path: Path) -> None:
+    """A row per profile from its provenance.json: finished runs, their run time summed, the
+    machine, the date; a profile without results says so in every column."""
+    import json
+
+    from embreg.analysis.headline import status_table
+
+    done = tmp_path / "done"
+    (done / "runs").mkdir(parents=True)
+    (done / "summary.json").write_text(json.dumps({"profile": "done"}))
+    (done / "runs" / "manifest.json").write_text(json.dumps({"ablations": {"anticollapse": [], "hosts": []}}))
+    (done / "provenance.json").write_text(json.dumps({
+        "runs_done": 71, "run_hours": 0.85, "last_end": "2026-12-06 19:00 UTC",
+        "fields": {"CPU": {"Some CPU (2 cores)": 71}, "GPU": {"none": 71}}}))
+    long = tmp_path / "long"
+    long.mkdir()
+    (long / "summary.json").write_text(json.dumps({"profile": "long"}))
+    (long / "provenance.json").write_text(json.dumps({"runs_done": 3, "run_hours": 12.25, "fields": {"GPU": {"H100": 3}}}))
+    rows = status_table(tmp_path, ["done", "long", "none"]).splitlines()
+    assert rows[0].startswith("| profile | ablations | finished runs | run time, summed |")
+    assert rows[2] == ("| `done` | anticollapse, hosts | 71 | 51 min | Some CPU (2 cores) | 2026-12-06 "
+                       "| [REPORT](results/done/REPORT.md) |")
+    assert "| 12.2 h | H100 |" in rows[3]
+    assert rows[4] == "| `none` | — | none committed | — | — | — | — |"

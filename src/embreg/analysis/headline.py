@@ -101,19 +101,30 @@ def key_findings(results: Path = Path("results"), shown: Path = Path("results"))
     return "\n".join(out) + "\n"
 
 
+def _hours(h: float | None) -> str:
+    """A summed run time: minutes below two hours, hours above."""
+    if h is None:
+        return "—"
+    return f"{h * 60:.0f} min" if h < 2 else f"{h:.1f} h"
+
+
 def status_table(results: Path = Path("results"), profiles: list[str] | None = None,
                  shown: Path = Path("results")) -> str:
-    """One row per profile: its committed runs, the machine that made them, when, and its report."""
-    rows = ["| profile | ablations | finished runs | made on | when | report |", "|:--|:--|--:|:--|:--|:--|"]
+    """One row per profile: its committed runs, their training and evaluation time summed over the
+    runs (a full regeneration's wall time is about this over the jobs run at once), the machine that
+    made them, when, and its report."""
+    rows = ["| profile | ablations | finished runs | run time, summed | made on | when | report |",
+            "|:--|:--|--:|--:|:--|:--|:--|"]
     for name in profiles or []:
         summary, prov = _read(results / name / "summary.json"), _read(results / name / "provenance.json")
         manifest = _read(results / name / "runs" / "manifest.json") or {}
         ablations = ", ".join(manifest.get("ablations", {})) or "—"
         if not summary or not prov or not prov.get("runs_done"):
-            rows.append(f"| `{name}` | {ablations} | none committed | — | — | — |")
+            rows.append(f"| `{name}` | {ablations} | none committed | — | — | — | — |")
             continue
         fields = prov.get("fields", {})
         machine = "; ".join(v for f in ("CPU", "GPU") for v in fields.get(f, {}) if v != "none")
-        rows.append(f"| `{name}` | {ablations} | {prov['runs_done']} | {machine} | {(prov.get('last_end') or '')[:10]} "
+        rows.append(f"| `{name}` | {ablations} | {prov['runs_done']} | {_hours(prov.get('run_hours'))} | {machine} "
+                    f"| {(prov.get('last_end') or '')[:10]} "
                     f"| [REPORT]({(shown / name / 'REPORT.md').as_posix()}) |")
     return "\n".join(rows) + "\n"
