@@ -71,6 +71,15 @@ def test_generated_docs_blocks_are_current() -> None:
     assert not stale, f"stale generated blocks: {stale}; run `python pipelines/readme.py --docs`"
 
 
+def test_key_findings_read_at_a_glance() -> None:
+    """3 to 6 findings, one per question (scale, each ablation, the robustness studies), and the
+    headline figure (its numbers: test_generated_docs_blocks_are_current)."""
+    text = block_at((REPO / "README.md").read_text(), "findings")
+    bullets = [line for line in text.splitlines() if line.startswith("- ")]
+    assert 3 <= len(bullets) <= 6, bullets
+    assert "![" in text and "headline.png" in text
+
+
 def test_every_docs_page_is_in_the_nav() -> None:
     nav = yaml.safe_load((REPO / "mkdocs.yml").read_text())["nav"]
     listed = set(re.findall(r"[\w/-]+\.md", str(nav)))

@@ -106,3 +106,16 @@ def test_equal_images_keeps_an_epoch_based_profile_epoch_based():
 
     assert _equal_images(None, 256, 1024) is None
     assert _equal_images(15, 64, 512) == 2 and _equal_images(15, 64, 4096) == 1
+
+
+def test_the_manifest_keeps_the_profiles_order_of_the_ablations(tmp_path):
+    """manifest.json's keys are sorted; the analysis reads the ablations back in the profile's
+    order (its reports, the headline figure, the README's status table)."""
+    from embreg.analysis.aggregate import load_manifest
+    from embreg.sweep.plan import write_manifest
+
+    plan = make_plan(_params())
+    order = list(plan.ablations)
+    assert order != sorted(order)  # the default's order is not alphabetical: the test can fail
+    write_manifest(plan, tmp_path)
+    assert list(load_manifest(tmp_path)["ablations"]) == order

@@ -139,6 +139,15 @@ def load_manifest(results_dir: Path) -> dict[str, Any]:
     manifest.setdefault("profile", "unknown")
     manifest.setdefault("ablations", {})
     manifest.setdefault("runs", {})
+    return in_order(manifest)
+
+
+def in_order(manifest: dict[str, Any]) -> dict[str, Any]:
+    """``manifest`` with its ablations in the profile's order (its ``order``; a manifest without
+    one keeps the order it was read in)."""
+    abls = manifest.get("ablations", {})
+    order = [n for n in manifest.get("order", []) if n in abls]
+    manifest["ablations"] = {n: abls[n] for n in [*order, *(n for n in abls if n not in order)]}
     return manifest
 
 

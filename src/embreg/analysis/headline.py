@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from embreg.analysis.aggregate import in_order
 from embreg.analysis.findings import NOT_RESOLVED
 from embreg.analysis.stats import fmt_p
 
@@ -66,10 +67,16 @@ def ablation_sentence(summary: dict[str, Any], name: str, title: str) -> str | N
     return head + (f"; the other {rest} accuracy comparisons are {NOT_RESOLVED}." if rest else ".")
 
 
-def claims_sentences(summary: dict[str, Any]) -> list[str]:
-    return [f"{v['claim']}: **{v['verdict']}**" + (" (borderline)" if v.get("borderline") else "")
-            + f" ({len(v['better']) + len(v['worse'])} of {v['testable']} testable comparisons pass)."
-            for claims in summary.get("claims", {}).values() for v in claims]
+def claims_sentence(summary: dict[str, Any], name: str, title: str) -> str | None:
+    """The published claims an ablation judges (``conf/ablation/<name>.yaml``'s ``claims``), each
+    with its verdict, in one sentence."""
+    claims = summary.get("claims", {}).get(name)
+    if not claims:
+        return None
+    parts = [f"{v['claim']}: **{v['verdict']}**" + (" (borderline)" if v.get("borderline") else "")
+             + f" ({len(v['better']) + len(v['worse'])} of {v['testable']} testable comparisons pass)"
+             for v in claims]
+    return f"**{title}** (each claim judged by a rule fixed before the run): " + "; ".join(parts) + "."
 
 
 def study_sentence(summary: dict[str, Any]) -> str | None:
@@ -92,7 +99,7 @@ def key_findings(results: Path = Path("results"), shown: Path = Path("results"))
     titles = {"anticollapse": "A. SVMax vs VICReg's variance term", "covariance": "B. VICReg's covariance term",
               "layers": "C. last layer vs every layer"}
     lines += [s for n, t in titles.items() if (s := ablation_sentence(default, n, t))]
-    lines += [f"**D. As plug-ins to SimSiam**: {s}" for s in claims_sentences(default)]
+    lines += [s for s in [claims_sentence(default, "hosts", "D. As plug-ins to SimSiam")] if s]
     lines += [s for s in [study_sentence(_read(results / "robustness" / "summary.json") or {})] if s]
     figure = results / "default" / "plots" / "headline.png"
     out = [f"- {line}" for line in lines] or ["- No profile has committed results yet."]
@@ -117,7 +124,7 @@ def status_table(results: Path = Path("results"), profiles: list[str] | None = N
             "|:--|:--|--:|--:|:--|:--|:--|"]
     for name in profiles or []:
         summary, prov = _read(results / name / "summary.json"), _read(results / name / "provenance.json")
-        manifest = _read(results / name / "runs" / "manifest.json") or {}
+        manifest = in_order(_read(results / name / "runs" / "manifest.json") or {})
         ablations = ", ".join(manifest.get("ablations", {})) or "—"
         if not summary or not prov or not prov.get("runs_done"):
             rows.append(f"| `{name}` | {ablations} | none committed | — | — | — | — |")

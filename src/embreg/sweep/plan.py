@@ -158,9 +158,10 @@ def failed_runs(plan: Plan) -> list[dict[str, str]]:
 
 
 def write_manifest(plan: Plan, results_dir: Path) -> dict[str, Any]:
-    """Which runs each ablation expects, and their final states (read by the analysis)."""
+    """Which runs each ablation expects, and their final states (read by the analysis). The JSON's
+    keys are sorted: ``order`` keeps the profile's order of the ablations (its reports' order)."""
     ids, st = plan.run_ids(), states(plan)
-    manifest: dict[str, Any] = {"profile": plan.profile, "ablations": {}, "runs": {}}
+    manifest: dict[str, Any] = {"profile": plan.profile, "order": list(plan.ablations), "ablations": {}, "runs": {}}
     for name, abl in plan.ablations.items():
         manifest["ablations"][name] = {
             "title": abl.title, "question": abl.question, "arms": abl.arms,
