@@ -123,8 +123,13 @@ def term_hash(name: str, package_dir: Path = PACKAGE_DIR) -> str:
     imports, transitively (SVMax: its module and the linear algebra of terms/spectral.py)."""
     from embreg import terms
 
-    first = Path(inspect.getsourcefile(terms.get(name).fn) or "")
-    seen, todo = set(), [first]
+    return module_closure_hash(Path(inspect.getsourcefile(terms.get(name).fn) or ""), package_dir)
+
+
+def module_closure_hash(first: Path, package_dir: Path = PACKAGE_DIR) -> str:
+    """The hash of ``first`` and of the terms-package modules it imports, transitively."""
+    seen: set[Path] = set()
+    todo = [first]
     while todo:
         f = todo.pop()
         if f not in seen:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from embreg.config import RunConfig
-from embreg.fingerprint import PACKAGE_DIR, _files, _hash_files, _local_imports, part_hash
+from embreg.fingerprint import PACKAGE_DIR, _files, module_closure_hash, part_hash
 
 LEGACY_COEFFICIENTS = ("invariance", "variance", "covariance", "svmax")
 LEGACY_PARAMS = {"gamma": ("variance", "gamma"), "var_eps": ("variance", "eps"), "var_halve": ("variance", "halve"),
@@ -140,15 +140,7 @@ def part_hash_at(package: Path, part: str) -> str | None:
     try:
         if not part.startswith("term:"):
             return part_hash.__wrapped__(part, package)  # uncached: revisions come and go
-        first = package / _term_module(part.removeprefix("term:"))
-        seen: set[Path] = set()
-        todo = [first]
-        while todo:
-            f = todo.pop()
-            if f not in seen:
-                seen.add(f)
-                todo += _local_imports(f, package)
-        return _hash_files(sorted(seen), package)
+        return module_closure_hash(package / _term_module(part.removeprefix("term:")), package)
     except (OSError, SyntaxError):
         return None
 
