@@ -89,6 +89,20 @@ def test_palette_is_a_function_of_the_name_alone() -> None:
     assert out.strip() == str(arm_color("some_new_arm")) and arm_color("some_new_arm") in map(to_rgb, FALLBACK)
 
 
+def test_every_arm_and_reference_wears_a_colour_of_its_own() -> None:
+    """One colour per arm in every figure: the default profile draws A-D's arms and the references
+    together (headline, loss terms, sensitivity), so no two named colours may be near twins."""
+    import itertools
+    import math
+
+    from embreg.analysis.palette import REFERENCE_COLORS
+
+    named = {**ARM_COLORS, **REFERENCE_COLORS}
+    close = [(a, b, round(math.dist(to_rgb(named[a]), to_rgb(named[b])), 3))
+             for a, b in itertools.combinations(named, 2) if math.dist(to_rgb(named[a]), to_rgb(named[b])) < 0.15]
+    assert not close, f"near-identical colours (RGB distance < 0.15): {close}"
+
+
 def test_axis_scale_rule() -> None:
     assert axis_scale([0.2, 0.5, 1.0]) == "linear"
     assert axis_scale([0.5, 3.0, 2500.0]) == "log"  # one arm near 2,500 would flatten the rest

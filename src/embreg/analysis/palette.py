@@ -24,11 +24,12 @@ ARM_COLORS: dict[str, str] = {
     "svmax": "#d62728", "svmax_all": "#8c1c1d", "contrastive_svmax": "#f28e2b",
     "vicreg": "#1f77b4", "vicreg_all": "#0b3d6b", "vicreg_nocov": "#17becf",
     "var_l2": "#2ca02c", "contrastive": "#9467bd", "barlow": "#e377c2",
-    # ablation D: the host olive; with stop-gradient a term's light shade, without it its dark one
-    # (variance raw blue, variance l2 green, SVMax red, as in the families above)
-    "simsiam": "#637939", "simsiam_var": "#6baed6", "simsiam_var_l2": "#74c476", "simsiam_svmax": "#fb6a4a",
-    "simsiam_nosg": "#bcbd22", "simsiam_nosg_var": "#08519c", "simsiam_nosg_var_l2": "#006d2c",
-    "simsiam_nosg_svmax": "#a50f15",
+    # ablation D: the host teal; with stop-gradient a term's light shade (variance raw blue,
+    # variance l2 green, SVMax red, as in the families above); without it (the collapsing host,
+    # yellow-olive) a dark or shifted shade that no arm of A-C wears (indigo, dark green, magenta)
+    "simsiam": "#35978f", "simsiam_var": "#6baed6", "simsiam_var_l2": "#74c476", "simsiam_svmax": "#fb6a4a",
+    "simsiam_nosg": "#bcbd22", "simsiam_nosg_var": "#4a1486", "simsiam_nosg_var_l2": "#006d2c",
+    "simsiam_nosg_svmax": "#e7298a",
 }
 # references: greys, told apart by line style where they are drawn as lines
 REFERENCE_COLORS: dict[str, str] = {"pixels": "#4d4d4d", "random_init": "#8c8c8c", "supervised": "#262626"}
