@@ -141,6 +141,23 @@ def as_archive(dir_: Path, folder: str, archive: Path) -> Path:
     return archive
 
 
+@pytest.fixture(autouse=True)
+def _no_plugin_terms_leak():
+    """A test that names a term module in $EMBREG_TERMS (monkeypatched) gets its terms registered
+    in this process; they leave with the test, so that the next test sees the package's terms only
+    (its docs table, its order). The package's own modules stay imported and registered."""
+    yield
+    from embreg import terms
+
+    own = f"{terms.__name__}."
+    for name, t in list(terms.TERMS._items.items()):
+        if not t.fn.__module__.startswith(own):
+            del terms.TERMS._items[name]
+    for mod in [m for m in terms._imported if not m.startswith(own)]:
+        terms._imported.discard(mod)
+        sys.modules.pop(mod, None)
+
+
 @pytest.fixture(scope="session")
 def fmnist_mirror(tmp_path_factory) -> Path:
     return write_fmnist(tmp_path_factory.mktemp("mirror"))
