@@ -1,7 +1,7 @@
 """DVC's own commands on a real repository (a temporary git + DVC copy, the smoke profile, a
 one-arm ablation): `dvc params diff` shows a changed knob, `dvc exp run -S` works in the
 workspace's temporary copy (--temp, --dry, the queue) and trains only what the change needs,
-`dvc exp show` filters to a readable table, and a bad params.yaml never deletes the prepared data."""
+`dvc exp show` filters to a readable table, `dvc exp diff` compares one experiment in rows, and a bad params.yaml never deletes the prepared data."""
 
 from __future__ import annotations
 
@@ -107,6 +107,10 @@ def test_a_seed_added_in_a_temporary_workspace_trains_that_seed_alone(repo):
     assert not any(":ci_" in h for h in header) and len(header) <= 12, header
     assert sum(",[0, 1]," in row or row.endswith(",[0, 1]") or '"[0, 1]"' in row for row in table[1:]) == 1, table
     assert len(run_cmd(["dvc", "exp", "show", "--csv"], repo).stdout.splitlines()[0].split(",")) <= 100
+    # comparing one experiment with its commit: a row per changed param and metric, as metrics diff
+    diff = run_cmd(["dvc", "exp", "diff", "HEAD", "seeds01"], repo).stdout
+    assert "default.seeds" in diff and "results/smoke/metrics/linear_top1/inv_only.json" in diff, diff
+    assert max(len(line) for line in diff.splitlines()) <= 160, diff
     run_cmd(["dvc", "exp", "apply", "seeds01"], repo)
     try:
         assert (repo / RUNS / "seed0" / "status.json").read_bytes() == before  # kept, not retrained
