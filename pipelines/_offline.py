@@ -32,6 +32,12 @@ MAX_FILE_BYTES = 16 << 20
 LOG_TAIL = 1 << 20
 
 
+def description(doc: str) -> str:
+    """A script's --help description: its docstring's first paragraph (argparse reflows it), without
+    the ``::`` that introduces the usage block after it."""
+    return doc.split("\n\n")[0].removesuffix("::")
+
+
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 

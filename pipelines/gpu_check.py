@@ -43,6 +43,7 @@ from _offline import (
     IMPORTS,
     REPO,
     Record,
+    description,
     install,
     last_json,
     offline_env,
@@ -157,7 +158,7 @@ def run_part(rec: Record, name: str, a: argparse.Namespace, env: dict[str, str])
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="gpu_check.py", description=__doc__.split("\n\n")[0].split("::")[0].replace("\n", " "))
+    ap = argparse.ArgumentParser(prog="gpu_check.py", description=description(__doc__))
     ap.add_argument("--out", type=Path, default=BUNDLE / "out", help="where its three files go (default: %(default)s)")
     ap.add_argument("--work", type=Path, default=BUNDLE / "work" / "check", help="logs, bench and run folders")
     ap.add_argument("--budget-s", type=float, default=285.0, help="all parts together (default: %(default)s)")

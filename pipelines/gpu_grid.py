@@ -39,6 +39,7 @@ from _offline import (
     MAX_FILE_BYTES,
     REPO,
     Record,
+    description,
     install,
     last_json,
     offline_env,
@@ -175,7 +176,7 @@ def steps(rec: Record, a: argparse.Namespace, env: dict[str, str]) -> tuple[bool
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="gpu_grid.py", description=__doc__.split("\n\n")[0].split("::")[0].replace("\n", " "))
+    ap = argparse.ArgumentParser(prog="gpu_grid.py", description=description(__doc__))
     ap.add_argument("--out", type=Path, default=BUNDLE / "out", help="where its three files go (default: %(default)s)")
     ap.add_argument("--budget-s", type=float, default=540.0, help="the whole call (default: %(default)s)")
     ap.add_argument("--reserve-s", type=float, default=75.0,

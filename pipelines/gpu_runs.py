@@ -21,6 +21,8 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
+from _offline import description
+
 KEEP = ("arm", "seed", "steps", "sec_per_step", "pretrain_seconds", "eval_seconds", "peak_memory_mb", "linear_top1",
         "linear_top5", "knn20_top1")
 
@@ -92,7 +94,7 @@ def grid_estimate(profile: str, data: str, runs: list[dict[str, Any]], concurren
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="gpu_runs.py", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="gpu_runs.py", description=description(__doc__))
     ap.add_argument("what", choices=["prepare", "summarize", "grid"])
     ap.add_argument("--profile", default="fmnist_gpu")
     ap.add_argument("--mirror")
