@@ -139,10 +139,10 @@ def load_manifest(results_dir: Path) -> dict[str, Any]:
     manifest.setdefault("profile", "unknown")
     manifest.setdefault("ablations", {})
     manifest.setdefault("runs", {})
-    return in_order(manifest)
+    return _in_order(manifest)
 
 
-def in_order(manifest: dict[str, Any]) -> dict[str, Any]:
+def _in_order(manifest: dict[str, Any]) -> dict[str, Any]:
     """``manifest`` with its ablations in the profile's order (its ``order``; a manifest without
     one keeps the order it was read in)."""
     abls = manifest.get("ablations", {})

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from embreg.analysis.aggregate import in_order
+from embreg.analysis.aggregate import load_manifest
 from embreg.analysis.findings import NOT_RESOLVED
 from embreg.analysis.stats import fmt_p
 
@@ -124,8 +124,7 @@ def status_table(results: Path = Path("results"), profiles: list[str] | None = N
             "|:--|:--|--:|--:|:--|:--|:--|"]
     for name in profiles or []:
         summary, prov = _read(results / name / "summary.json"), _read(results / name / "provenance.json")
-        manifest = in_order(_read(results / name / "runs" / "manifest.json") or {})
-        ablations = ", ".join(manifest.get("ablations", {})) or "—"
+        ablations = ", ".join(load_manifest(results / name)["ablations"]) or "—"
         if not summary or not prov or not prov.get("runs_done"):
             rows.append(f"| `{name}` | {ablations} | none committed | — | — | — | — |")
             continue
